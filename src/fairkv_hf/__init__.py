@@ -1,0 +1,1 @@
+from fairkv_hf.models import load_model
