@@ -1,1 +1,13 @@
-from fairkv_hf.models import load_model
+"""fairkv_hf: per-head variable-length KV cache, head budget policies and fair multi-GPU head placement.
+
+Importing the package registers the "fairkv" attention implementation with transformers.
+"""
+
+from .attention import register as _register_attention
+from .cache import FairKVCache, FairKVLayer
+from .models import load_model
+from .policies import AdaSnapKVPolicy, FullPolicy, Policy, SnapKVPolicy, get_policy
+
+_register_attention()
+
+__all__ = ["AdaSnapKVPolicy", "FairKVCache", "FairKVLayer", "FullPolicy", "Policy", "SnapKVPolicy", "get_policy", "load_model"]

@@ -1,0 +1,311 @@
+"""FairKVCache: a transformers Cache that stores a different number of tokens for every KV head.
+
+Storage, per layer: a paged pool of 64-token blocks shared by all segments, where a segment is one
+(batch row, KV head). Each segment owns a list of blocks (its row of `block_table`) and a length. Evicted
+tokens are never stored, so memory is really freed; appending a decode token writes one slot per segment and
+takes a new block only when a segment's last block is full (the pool grows by ~1/16 when it runs out, so
+appending is amortized O(1) and the whole cache is never copied per step).
+
+Constructing a FairKVCache switches the model to the "fairkv" attention implementation (see attention.py),
+which reads this store; the cache refuses to run under any other attention (it would silently be wrong).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from .policies import Policy, get_policy
+
+BLOCK_SIZE = 64
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+ATTN_IMPLEMENTATION = "fairkv"
+
+
+@dataclass
+class FairKVStep:
+    """What `update()` hands the attention function: the layer and this forward's new keys/values."""
+
+    layer: FairKVLayer
+    keys: torch.Tensor
+    values: torch.Tensor
+    is_prefill: bool
+
+
+class FairKVLayer(CacheLayerMixin):
+    """One decoder layer's per-head variable-length K/V store.
+
+    `head_ids` names the KV heads this layer object holds (all of them by default); a multi-GPU rank may hold
+    only its share. Segments are ordered row-major: segment `b * num_heads + j` is batch row b, held head j.
+    """
+
+    is_compileable = False
+    is_sliding = False
+
+    def __init__(
+        self,
+        layer_idx: int,
+        policy: Policy,
+        budget: int | None,
+        window: int,
+        head_ids: list[int] | None = None,
+        block_size: int = BLOCK_SIZE,
+    ):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.policy = policy
+        self.budget = budget
+        self.window = window
+        self.head_ids = head_ids
+        self.block_size = block_size
+        self.cumulative_length = 0
+        self._clear()
+
+    def _clear(self) -> None:
+        self.k_pool: torch.Tensor | None = None
+        self.v_pool: torch.Tensor | None = None
+        self.block_table: torch.Tensor | None = None
+        self.seq_lens: torch.Tensor | None = None
+        self.host_lens = torch.zeros(0, dtype=torch.long)
+        self.host_block_table = torch.zeros(0, 0, dtype=torch.long)
+        self.blocks_used = 0
+        self.batch_size = 0
+        self.num_heads = 0
+        self.is_initialized = False
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Record shape, dtype and device; storage is allocated at compression time."""
+        self.batch_size, self.num_heads = key_states.shape[0], key_states.shape[1]
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        """Prefill: hand the dense new K/V to the attention (which compresses them); decode: append one token."""
+        new_tokens = key_states.shape[-2]
+        if self.seq_lens is not None and new_tokens > 1:
+            raise ValueError(
+                f"FairKVCache got {new_tokens} new tokens on layer {self.layer_idx}, which already holds a compressed "
+                "prompt. A second prefill (multi-turn chat, chunked prefill, assisted decoding) is not supported: "
+                "create a new FairKVCache for each prompt (or call cache.reset() first) and pass the whole "
+                "conversation as the prompt."
+            )
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.cumulative_length += new_tokens
+        is_prefill = self.seq_lens is None
+        if not is_prefill:
+            self._append(key_states, value_states)
+        step = FairKVStep(self, key_states, value_states, is_prefill)
+        return step, step
+
+    def compress(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor, scaling: float) -> None:
+        """Let the policy choose the prompt tokens each KV head keeps, and store only those."""
+        keep = self.policy.keep_mask(queries, keys, valid, scaling, self.budget, self.window, self.layer_idx)
+        self._store(keys, values, keep)
+
+    def _store(self, keys: torch.Tensor, values: torch.Tensor, keep: torch.Tensor) -> None:
+        segments = keep.shape[0] * keep.shape[1]
+        lengths = keep.sum(-1).reshape(segments)
+        self.host_lens = lengths.cpu()
+        blocks = (self.host_lens + self.block_size - 1) // self.block_size
+        first_block = torch.cumsum(blocks, 0) - blocks
+        width = max(int(blocks.max()), 1)
+        columns = torch.arange(width)
+        self.host_block_table = torch.where(columns < blocks[:, None], first_block[:, None] + columns, 0)
+        self.blocks_used = int(blocks.sum())
+        dim = keys.shape[-1]
+        self.k_pool = keys.new_empty(self.blocks_used, self.block_size, dim)
+        self.v_pool = values.new_empty(self.blocks_used, self.block_size, dim)
+        rank = torch.cumsum(keep, -1) - 1
+        b, h, pos = keep.nonzero(as_tuple=True)
+        seg = b * keep.shape[1] + h
+        dest = first_block.to(keys.device)[seg] * self.block_size + rank[b, h, pos]
+        self.k_pool.view(-1, dim)[dest] = keys[b, h, pos]
+        self.v_pool.view(-1, dim)[dest] = values[b, h, pos]
+        self.block_table = self.host_block_table.to(device=keys.device, dtype=torch.int32)
+        self.seq_lens = lengths.to(torch.int32)
+
+    def _append(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Write one new token per segment; take fresh blocks for segments whose last block is full."""
+        full = self.host_lens % self.block_size == 0
+        if bool(full.any()):
+            self._take_blocks(full.nonzero().squeeze(1))
+        dim = key_states.shape[-1]
+        pos = self.seq_lens.long()
+        slot = self.block_table.gather(1, (pos // self.block_size)[:, None]).squeeze(1).long()
+        dest = slot * self.block_size + pos % self.block_size
+        self.k_pool.view(-1, dim).index_copy_(0, dest, key_states.reshape(-1, dim))
+        self.v_pool.view(-1, dim).index_copy_(0, dest, value_states.reshape(-1, dim))
+        self.seq_lens += 1
+        self.host_lens += 1
+
+    def _take_blocks(self, segments: torch.Tensor) -> None:
+        needed = self.blocks_used + len(segments)
+        if needed > self.k_pool.shape[0]:
+            slack = int(self.host_lens.sum()) // (16 * self.block_size)
+            self._grow_pool(needed + slack)
+        column = self.host_lens[segments] // self.block_size
+        if int(column.max()) >= self.host_block_table.shape[1]:
+            extra = max(int(column.max()) + 1, 2 * self.host_block_table.shape[1]) - self.host_block_table.shape[1]
+            self.host_block_table = torch.nn.functional.pad(self.host_block_table, (0, extra))
+            self.block_table = torch.nn.functional.pad(self.block_table, (0, extra))
+        ids = torch.arange(self.blocks_used, needed)
+        self.host_block_table[segments, column] = ids
+        device = self.block_table.device
+        self.block_table[segments.to(device), column.to(device)] = ids.to(device=device, dtype=torch.int32)
+        self.blocks_used = needed
+
+    def _grow_pool(self, capacity: int) -> None:
+        for name in ("k_pool", "v_pool"):
+            old = getattr(self, name)
+            new = old.new_empty(capacity, *old.shape[1:])
+            new[: old.shape[0]] = old
+            setattr(self, name, new)
+
+    def segment(self, batch_row: int, head: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stored keys and values [length, D] of one segment, in prompt order then generated order (for inspection)."""
+        seg = batch_row * self.num_heads + head
+        length = int(self.host_lens[seg])
+        blocks = self.host_block_table[seg, : -(-length // self.block_size)].to(self.k_pool.device)
+        dim = self.k_pool.shape[-1]
+        return self.k_pool[blocks].reshape(-1, dim)[:length], self.v_pool[blocks].reshape(-1, dim)[:length]
+
+    def max_seq_len(self) -> int:
+        """Longest stored segment, known on the host (no device sync)."""
+        return int(self.host_lens.max())
+
+    def kept_lengths(self) -> torch.Tensor:
+        """Tokens stored per (batch row, held KV head), LongTensor [batch, heads]."""
+        return self.host_lens.view(self.batch_size, self.num_heads).clone()
+
+    def nbytes(self) -> int:
+        """Bytes allocated for K and V, reserved capacity included."""
+        if self.k_pool is None:
+            return 0
+        return 2 * self.k_pool.numel() * self.k_pool.element_size()
+
+    def get_seq_length(self) -> int:
+        """Logical number of token positions processed (padding included), not the number stored."""
+        return self.cumulative_length
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        """Full logical length, so the 2D padding mask slice seen by the attention covers every position."""
+        return self.cumulative_length + query_length, 0
+
+    def get_max_length(self) -> int:
+        """Unbounded."""
+        return -1
+
+    def get_max_cache_shape(self) -> int:
+        """Deprecated alias kept by transformers 5.17."""
+        return -1
+
+    def reset(self) -> None:
+        """Drop all stored tokens and free the storage."""
+        self.cumulative_length = 0
+        self._clear()
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Beam search would make beams share segments that then diverge: refuse."""
+        raise ValueError(
+            "FairKVCache does not support beam search (num_beams > 1): use greedy decoding or sampling "
+            "(do_sample=True), or DynamicCache for beam search."
+        )
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Evicted tokens cannot be restored, so rollbacks are refused."""
+        raise ValueError(
+            "FairKVCache cannot be cropped (assisted/speculative decoding, contrastive search): use plain "
+            "greedy decoding or sampling."
+        )
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Refused: expanding a compressed cache across returned sequences is not supported."""
+        raise ValueError("FairKVCache cannot be repeated across sequences; expand the inputs before prefill instead.")
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Refused: selecting batch rows of a compressed cache is not supported."""
+        raise ValueError("FairKVCache cannot select batch rows (contrastive search): use greedy decoding or sampling.")
+
+
+def _text_config(model: PreTrainedModel):
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def _sliding_window(config) -> int | None:
+    """The sliding window the model's attention layers use, if any (FairKV attends over full segments)."""
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        uses = "sliding_attention" in layer_types
+    else:
+        uses = config.model_type == "mistral" or bool(getattr(config, "use_sliding_window", False))
+    window = getattr(config, "sliding_window", None)
+    return window if uses and window else None
+
+
+class FairKVCache(Cache):
+    """Per-head variable-length KV cache: `model.generate(**inputs, past_key_values=FairKVCache(model, ...))`.
+
+    Constructing it switches `model` to the "fairkv" attention implementation (restore another one with
+    `model.set_attn_implementation("sdpa")`). `policy` is a name ("full", "snapkv", "ada_snapkv") or a Policy
+    object; `budget` is the number of prompt tokens each KV head keeps on average, observation window included.
+    Use one cache per `generate` call: a second prefill on a filled cache raises (see FairKVLayer.update).
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        policy: str | Policy = "ada_snapkv",
+        budget: int | None = None,
+        window: int = 32,
+        **policy_options: Any,
+    ):
+        config = _text_config(model)
+        if config.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"FairKVCache supports model types {SUPPORTED_MODEL_TYPES}, got {config.model_type!r}: its attention "
+                "must call past_key_values.update() right before the attention function, as Llama does."
+            )
+        self.policy = get_policy(policy, **policy_options)
+        if self.policy.name != "full":
+            if budget is None or budget <= 0:
+                raise ValueError(f"budget must be a positive number of tokens per KV head, got {budget}")
+            if window <= 0 or window > budget:
+                raise ValueError(f"window must be in [1, budget={budget}], got {window}: the window is part of the budget")
+        self.budget = budget
+        self.window = window
+        self.config = config
+        self.sliding_window = _sliding_window(config)
+        model.set_attn_implementation(ATTN_IMPLEMENTATION)
+        layers = [FairKVLayer(i, self.policy, budget, window) for i in range(config.num_hidden_layers)]
+        super().__init__(layers=layers)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        """Refuse to run under an attention that cannot read the per-head store, then delegate to the layer."""
+        if self.config._attn_implementation != ATTN_IMPLEMENTATION:
+            raise ValueError(
+                f"FairKVCache needs attn_implementation='{ATTN_IMPLEMENTATION}', but the model uses "
+                f"{self.config._attn_implementation!r}: call model.set_attn_implementation('{ATTN_IMPLEMENTATION}') "
+                "(constructing a FairKVCache does this) and do not switch it back while the cache is in use."
+            )
+        layer = self.layers[layer_idx]
+        if self.sliding_window is not None and layer.cumulative_length + key_states.shape[-2] > self.sliding_window:
+            raise ValueError(
+                f"This model uses sliding-window attention (window {self.sliding_window}) and the sequence is longer; "
+                "FairKVCache attends over whole segments. Set model.config.sliding_window = None to run full "
+                "attention, or keep prompts + new tokens within the window."
+            )
+        return layer.update(key_states, value_states, *args, **kwargs)
+
+    def kept_lengths(self) -> torch.Tensor:
+        """Tokens stored per head, LongTensor [num_layers, batch, num_kv_heads]."""
+        return torch.stack([layer.kept_lengths() for layer in self.layers])
+
+    def nbytes(self) -> int:
+        """Bytes allocated for K/V storage over all layers, reserved capacity included."""
+        return sum(layer.nbytes() for layer in self.layers)

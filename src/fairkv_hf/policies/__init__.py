@@ -1,0 +1,26 @@
+"""Budget policies: who keeps what. Accept a policy by name or as an object."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .ada_snapkv import AdaSnapKVPolicy
+from .base import Policy, ScoredPolicy
+from .full import FullPolicy
+from .snapkv import SnapKVPolicy
+
+POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (FullPolicy, SnapKVPolicy, AdaSnapKVPolicy)}
+
+
+def get_policy(policy: str | Policy, **options: Any) -> Policy:
+    """A policy object from its name (with constructor options) or the object itself."""
+    if isinstance(policy, Policy):
+        if options:
+            raise ValueError(f"Policy options {sorted(options)} are only accepted with a policy name, not an object")
+        return policy
+    if policy not in POLICIES:
+        raise ValueError(f"Unknown policy {policy!r}; choose one of {sorted(POLICIES)} or pass a Policy object")
+    return POLICIES[policy](**options)
+
+
+__all__ = ["POLICIES", "AdaSnapKVPolicy", "FullPolicy", "Policy", "ScoredPolicy", "SnapKVPolicy", "get_policy"]

@@ -1,0 +1,41 @@
+"""Ada-SnapKV: a layer's budget is shared across its KV heads by one joint top-k over all heads' scores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import ScoredPolicy, rank_descending
+from .scores import SnapKVScoring
+
+
+def largest_remainder(shares: torch.Tensor, total: int) -> torch.Tensor:
+    """Round non-negative real shares [B, H] (each row summing to `total`) to integers with the same row sums."""
+    floors = shares.floor()
+    missing = total - floors.sum(-1, keepdim=True)
+    bonus = rank_descending(shares - floors) < missing
+    return (floors + bonus).long()
+
+
+@dataclass
+class AdaSnapKVPolicy(SnapKVScoring, ScoredPolicy):
+    """Adaptive per-head budgets (Ada-KV, Feng et al. 2024) with a floor: head h keeps
+    `(1 - alpha) * c_h + alpha * base` prefix tokens, rounded by largest remainder, where c_h is how many of the
+    layer's top `H * base` scores (over all heads together) fall to head h. Rounding this way makes every layer and
+    sequence keep exactly `H * budget` tokens (AdaKV's floor/round leaves a few slots unused)."""
+
+    name = "ada_snapkv"
+    alpha: float = 0.2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha (the uniform floor fraction) must be in [0, 1], got {self.alpha}")
+
+    def allocate(self, scores: torch.Tensor, valid_prefix: torch.Tensor, base: int, layer_idx: int) -> torch.Tensor:
+        """Joint top-k over all heads of the layer, per sequence, then the alpha floor."""
+        batch, heads, prefix = scores.shape
+        joint = rank_descending(scores.reshape(batch, heads * prefix)) < heads * base
+        counts = joint.reshape(batch, heads, prefix).sum(-1).double()
+        return largest_remainder((1.0 - self.alpha) * counts + self.alpha * base, heads * base)

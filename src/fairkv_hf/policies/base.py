@@ -1,0 +1,78 @@
+"""The policy contract: score prompt tokens per KV head, allocate per-head budgets, keep each head's best tokens."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+
+
+def rank_descending(scores: torch.Tensor) -> torch.Tensor:
+    """Rank of every entry along the last axis, 0 = highest score; ties go to the lower index (deterministic)."""
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks.scatter_(-1, order, torch.arange(scores.shape[-1], device=scores.device).expand_as(order))
+    return ranks
+
+
+class Policy(ABC):
+    """Decides which prompt tokens each KV head keeps after prefill."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def keep_mask(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        valid: torch.Tensor,
+        scaling: float,
+        budget: int,
+        window: int,
+        layer_idx: int,
+    ) -> torch.Tensor:
+        """Boolean [B, H_kv, L]: which prompt tokens each KV head keeps (valid = [B, L] non-padding mask)."""
+
+
+class ScoredPolicy(Policy):
+    """A policy that scores prefix tokens per KV head and gives each head a number of them to keep.
+
+    The last `window` prompt tokens are always kept and never scored; padding is never kept; a sequence whose
+    prompt fits in the budget keeps everything. Each head keeps its own best-scored tokens.
+    """
+
+    @abstractmethod
+    def score(
+        self, queries: torch.Tensor, keys: torch.Tensor, valid: torch.Tensor, scaling: float, window: int
+    ) -> torch.Tensor:
+        """Importance [B, H_kv, L - window] of prefix tokens from queries [B, H_q, L, D] and keys [B, H_kv, L, D]."""
+
+    @abstractmethod
+    def allocate(self, scores: torch.Tensor, valid_prefix: torch.Tensor, base: int, layer_idx: int) -> torch.Tensor:
+        """Prefix tokens kept per head, LongTensor [B, H_kv], for sequences whose prefix exceeds `base`."""
+
+    def keep_mask(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        valid: torch.Tensor,
+        scaling: float,
+        budget: int,
+        window: int,
+        layer_idx: int,
+    ) -> torch.Tensor:
+        """Window + each head's top `allocate()` prefix tokens; everything valid where the prompt fits the budget."""
+        batch, heads, length, _ = keys.shape
+        keep_all = valid[:, None, :].expand(batch, heads, length)
+        fits = valid.sum(-1) <= budget
+        if bool(fits.all()):
+            return keep_all.clone()
+        prefix = length - window
+        valid_prefix = valid[:, :prefix]
+        scores = self.score(queries, keys, valid, scaling, window)
+        scores = scores.masked_fill(~valid_prefix[:, None, :], float("-inf"))
+        counts = self.allocate(scores, valid_prefix, budget - window, layer_idx)
+        keep_prefix = rank_descending(scores) < counts[:, :, None]
+        keep = torch.cat([keep_prefix & valid_prefix[:, None, :], keep_all[:, :, prefix:]], dim=-1)
+        return torch.where(fits[:, None, None], keep_all, keep)

@@ -1,0 +1,55 @@
+"""SnapKV-family token scores: attention of the last `window` prompt queries, pooled per KV head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def window_attention_scores(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    valid: torch.Tensor,
+    scaling: float,
+    window: int,
+    gqa_reduce: str = "mean",
+    pool_kernel: int = 7,
+) -> torch.Tensor:
+    """Scores [B, H_kv, L - window]: softmax of the last `window` queries over all keys (causal inside the window,
+    padding masked), averaged over the window, reduced over each KV head's query group, max-pooled along tokens."""
+    batch, kv_heads, length, dim = keys.shape
+    group = queries.shape[1] // kv_heads
+    q = queries[:, :, -window:].reshape(batch, kv_heads, group, window, dim).float()
+    logits = torch.einsum("bhgwd,bhld->bhgwl", q, keys.float()) * scaling
+    key_pos = torch.arange(length, device=keys.device)
+    query_pos = torch.arange(length - window, length, device=keys.device)
+    allowed = (key_pos[None, :] <= query_pos[:, None])[None] & valid[:, None, :]
+    logits = logits.masked_fill(~allowed[:, None, None], float("-inf"))
+    probs = torch.softmax(logits, dim=-1).nan_to_num_(0.0).mean(dim=3)
+    reduced = probs.amax(dim=2) if gqa_reduce == "max" else probs.mean(dim=2)
+    prefix = reduced[..., : length - window]
+    if pool_kernel > 1:
+        prefix = F.max_pool1d(prefix, kernel_size=pool_kernel, stride=1, padding=pool_kernel // 2)
+    return prefix
+
+
+@dataclass
+class SnapKVScoring:
+    """Mixin giving a policy SnapKV's scores; `gqa_reduce` is "mean" or "max" over a KV head's query group."""
+
+    gqa_reduce: str = "mean"
+    pool_kernel: int = 7
+
+    def __post_init__(self) -> None:
+        if self.gqa_reduce not in ("mean", "max"):
+            raise ValueError(f"gqa_reduce must be 'mean' or 'max', got {self.gqa_reduce!r}")
+        if self.pool_kernel < 1 or self.pool_kernel % 2 == 0:
+            raise ValueError(f"pool_kernel must be a positive odd number, got {self.pool_kernel}")
+
+    def score(
+        self, queries: torch.Tensor, keys: torch.Tensor, valid: torch.Tensor, scaling: float, window: int
+    ) -> torch.Tensor:
+        """SnapKV scores of the prefix tokens (see `window_attention_scores`)."""
+        return window_attention_scores(queries, keys, valid, scaling, window, self.gqa_reduce, self.pool_kernel)
