@@ -1,0 +1,63 @@
+"""Tiny random models of the four supported families, built from configs (float32, CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    MistralConfig,
+    Qwen2Config,
+    Qwen3Config,
+)
+
+import fairkv_hf  # noqa: F401  (registers the "fairkv" attention)
+
+VOCAB = 256
+
+
+def tiny_config(family: str, layers: int = 2):
+    """A small config of `family` with GQA (4 query heads over 2 KV heads, head_dim 16)."""
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=0,
+    )
+    if family == "llama":
+        return LlamaConfig(**common)
+    if family == "mistral":
+        return MistralConfig(**common, sliding_window=None)
+    if family == "qwen2":
+        return Qwen2Config(**common)
+    if family == "qwen3":
+        return Qwen3Config(**common, head_dim=16)
+    raise ValueError(family)
+
+
+def tiny_model(family: str, layers: int = 2, seed: int = 0):
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, layers), attn_implementation="sdpa")
+    return model.eval()
+
+
+def left_padded(lengths: list[int], seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random prompts of the given lengths, left-padded to the longest (pad id 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, width - n :] = torch.randint(1, VOCAB, (n,), generator=gen)
+        mask[row, width - n :] = 1
+    return ids, mask
+
+
+@pytest.fixture(params=["llama", "mistral", "qwen2", "qwen3"])
+def family(request) -> str:
+    return request.param
