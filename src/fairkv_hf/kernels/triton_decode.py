@@ -8,6 +8,8 @@ the output directly.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -68,6 +70,7 @@ def _split_kernel(
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
 
+    l_i = tl.where(l_i > 0, l_i, 1.0)  # splits without work store nothing; keep their math finite
     out = acc / l_i[:, None]
     store_ok = rows < tl.where(first < last, G, 0)
     if DIRECT:
@@ -118,7 +121,10 @@ def choose_num_splits(num_segments: int, max_seq_len: int, block_size: int, devi
 
 def _check_inputs(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, block_table: torch.Tensor,
                   seq_lens: torch.Tensor, max_seq_len: int) -> None:
-    """Raise ValueError naming the argument to fix when the inputs break the store contract."""
+    """Raise an error naming what to fix when the inputs break the store contract or cannot run here."""
+    if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("the Triton decode kernel needs CUDA tensors; on CPU use the reference backend "
+                           "(or set TRITON_INTERPRET=1 before importing triton to run it slowly in the interpreter)")
     segs, _, dim = q.shape
     block_size = k_pool.shape[1]
     if dim < 16 or dim & (dim - 1):
@@ -152,10 +158,12 @@ def paged_decode_triton(
     max_seq_len: int,
     *,
     num_splits: int | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Same contract as paged_decode_reference, computed by the split-K Triton kernel (no host sync).
 
-    num_splits overrides the shape-based choice (tests use it to cover both the direct and combined paths).
+    num_splits overrides the shape-based choice (tests use it to cover both the direct and merged paths);
+    out, if given, is a preallocated [S, G, D] tensor of q's dtype that receives the result.
     """
     _check_inputs(q, k_pool, v_pool, block_table, seq_lens, max_seq_len)
     segs, groups, dim = q.shape
@@ -168,7 +176,11 @@ def paged_decode_triton(
     blocks_per_split = -(-max_blocks // num_splits)
     num_splits = -(-max_blocks // blocks_per_split)
 
-    out = torch.empty_like(q)
+    if out is None:
+        out = torch.empty_like(q)
+    elif out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:
+        raise ValueError(f"out must be a {tuple(q.shape)} {q.dtype} tensor contiguous in its last dimension, "
+                         f"got {tuple(out.shape)} {out.dtype}")
     direct = num_splits == 1
     part_shape = (segs, num_splits, groups, dim) if not direct else (1, 1, 1, dim)
     partial = torch.empty(part_shape, dtype=torch.float32, device=q.device)
