@@ -15,8 +15,9 @@ import triton
 import triton.language as tl
 
 _LOG2E = 1.4426950408889634
-_PROGRAMS_PER_SM = 4
+_PROGRAMS_PER_SM = 8
 _MIN_BLOCKS_PER_SPLIT = 2
+_MAX_BLOCKS_PER_SPLIT = 16
 _MAX_SPLITS = 64
 _INTERPRETER_SM_COUNT = 8
 
@@ -106,17 +107,20 @@ def _combine_kernel(
 
 
 def choose_num_splits(num_segments: int, max_seq_len: int, block_size: int, device: torch.device) -> int:
-    """Splits over the KV length for about _PROGRAMS_PER_SM programs per SM (fewer on short caches, <= 64).
+    """KV splits per segment: enough to fill the GPU (_PROGRAMS_PER_SM programs per SM, >= 2 blocks each) and
+    enough that no program reads more than _MAX_BLOCKS_PER_SPLIT blocks, capped at _MAX_SPLITS.
 
-    Sized from max_seq_len: on skewed lengths the long segments get all splits, short ones exit early.
+    Sized from max_seq_len (known on the host): on skewed lengths a long segment is spread over many programs
+    instead of one long tail, and the splits past a short segment's length exit at once.
     """
     if device.type == "cuda":
         sms = torch.cuda.get_device_properties(device).multi_processor_count
     else:
         sms = _INTERPRETER_SM_COUNT
     max_blocks = -(-max_seq_len // block_size)
-    wanted = -(-_PROGRAMS_PER_SM * sms // num_segments)
-    return max(1, min(wanted, max_blocks // _MIN_BLOCKS_PER_SPLIT, _MAX_SPLITS))
+    fill = min(-(-_PROGRAMS_PER_SM * sms // num_segments), max_blocks // _MIN_BLOCKS_PER_SPLIT)
+    bounded = -(-max_blocks // _MAX_BLOCKS_PER_SPLIT)
+    return max(1, min(max(fill, bounded), _MAX_SPLITS))
 
 
 def _check_inputs(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, block_table: torch.Tensor,
