@@ -1,0 +1,117 @@
+"""Decode kernels against the pure-torch reference; the Triton kernel runs in Triton's interpreter on CPU."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+ON_GPU = torch.cuda.is_available()
+if not ON_GPU:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from fairkv_hf.kernels import choose_backend, decode_attention, paged_decode_reference  # noqa: E402
+from fairkv_hf.kernels.varlen import paged_decode_varlen, varlen_available  # noqa: E402
+
+DEVICE = torch.device("cuda" if ON_GPU else "cpu")
+BLOCK = 64
+# Skewed: a single token, exactly one block, one past a block edge, one short of an edge, several blocks.
+LENGTHS = [1, 64, 65, 127, 200]
+
+
+def make_inputs(groups: int, dim: int, dtype: torch.dtype, lengths: list[int] = LENGTHS):
+    """Fresh random q and pool, each segment's blocks scattered over the pool; unused table entries are 0."""
+    segs = len(lengths)
+    used = [-(-n // BLOCK) for n in lengths]
+    num_blocks = sum(used) + 3
+    order = torch.randperm(num_blocks).tolist()
+    table = torch.zeros(segs, max(used) + 1, dtype=torch.int32)
+    for seg, count in enumerate(used):
+        table[seg, :count] = torch.tensor([order.pop() for _ in range(count)], dtype=torch.int32)
+    q = torch.randn(segs, groups, dim).to(dtype)
+    k_pool = torch.randn(num_blocks, BLOCK, dim).to(dtype)
+    v_pool = torch.randn(num_blocks, BLOCK, dim).to(dtype)
+    lens = torch.tensor(lengths, dtype=torch.int32)
+    return [t.to(DEVICE) for t in (q, k_pool, v_pool, table, lens)]
+
+
+def run_triton(q, k_pool, v_pool, table, lens, max_len: int, num_splits: int | None) -> torch.Tensor:
+    """The Triton kernel writing into a NaN-poisoned output, so rows it fails to write show up."""
+    triton_decode = pytest.importorskip("fairkv_hf.kernels.triton_decode", exc_type=ImportError)
+    out = torch.full_like(q, float("nan"))
+    result = triton_decode.paged_decode_triton(q, k_pool, v_pool, table, lens, q.shape[-1] ** -0.5, max_len,
+                                               num_splits=num_splits, out=out)
+    assert result is out
+    return out
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+@pytest.mark.parametrize("dim", [64, 128])
+@pytest.mark.parametrize("groups,num_splits", [(1, None), (3, 1), (4, 2), (7, 3)])
+def test_triton_matches_reference_fp32(groups: int, num_splits: int | None, dim: int) -> None:
+    inputs = make_inputs(groups, dim, torch.float32)
+    ref = paged_decode_reference(*inputs, dim**-0.5, max(LENGTHS))
+    out = run_triton(*inputs, max(LENGTHS), num_splits)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("groups,num_splits", [(4, None), (7, 1)])
+def test_triton_matches_reference_half(groups: int, num_splits: int | None, dtype: torch.dtype) -> None:
+    if dtype == torch.bfloat16 and not ON_GPU:
+        pytest.skip("Triton's interpreter multiplies bf16 tl.dot operands as raw integers; bf16 runs on GPU")
+    inputs = make_inputs(groups, 128, dtype)
+    ref = paged_decode_reference(*inputs, 128**-0.5, 256)
+    out = run_triton(*inputs, 256, num_splits)
+    assert out.dtype == dtype
+    assert rel_err(out, ref) < 1e-2
+
+
+def test_triton_short_segments_among_long_ones() -> None:
+    """Splits past a short segment's length exit early; the merge must still use exactly the splits it has."""
+    inputs = make_inputs(4, 64, torch.float32, lengths=[1, 640, 64, 129])
+    ref = paged_decode_reference(*inputs, 0.125, 640)
+    out = run_triton(*inputs, 640, 5)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_triton_rejects_non_power_of_two_head_dim() -> None:
+    triton_decode = pytest.importorskip("fairkv_hf.kernels.triton_decode", exc_type=ImportError)
+    q, k_pool, v_pool, table, lens = make_inputs(2, 64, torch.float32)
+    with pytest.raises(ValueError, match="head_dim must be a power of two"):
+        triton_decode.paged_decode_triton(q[..., :48], k_pool[..., :48], v_pool[..., :48], table, lens, 0.1, 200)
+
+
+@pytest.mark.skipif(not ON_GPU or not varlen_available(), reason="paged varlen_attn needs CUDA and torch >= 2.12")
+def test_varlen_matches_reference() -> None:
+    inputs = make_inputs(4, 128, torch.bfloat16)
+    ref = paged_decode_reference(*inputs, 128**-0.5, max(LENGTHS))
+    assert rel_err(paged_decode_varlen(*inputs, 128**-0.5, max(LENGTHS)), ref) < 1e-2
+
+
+def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FAIRKV_DECODE_BACKEND", raising=False)
+    assert choose_backend(torch.device("cpu")) == "reference"
+    assert choose_backend(torch.device("cpu"), "varlen") == "varlen"
+    monkeypatch.setenv("FAIRKV_DECODE_BACKEND", "triton")
+    assert choose_backend(torch.device("cpu")) == "triton"
+    monkeypatch.setenv("FAIRKV_DECODE_BACKEND", "flash")
+    with pytest.raises(ValueError, match="choose one of reference, triton, varlen"):
+        choose_backend(torch.device("cpu"))
+
+
+def test_decode_attention_default_on_cpu_is_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FAIRKV_DECODE_BACKEND", raising=False)
+    inputs = [t.cpu() for t in make_inputs(3, 64, torch.float32)]
+    out = decode_attention(*inputs, 0.125, max(LENGTHS))
+    assert torch.equal(out, paged_decode_reference(*inputs, 0.125, max(LENGTHS)))
+
+
+def test_varlen_refuses_cpu_tensors() -> None:
+    inputs = [t.cpu() for t in make_inputs(2, 64, torch.float32)]
+    with pytest.raises(RuntimeError, match="CUDA only|no paged varlen_attn"):
+        paged_decode_varlen(*inputs, 0.125, max(LENGTHS))
