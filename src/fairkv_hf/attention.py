@@ -30,6 +30,8 @@ def dense_attention(
         return out.transpose(1, 2)
     if padding_mask is None:
         padding_mask = torch.ones(query.shape[0], k_len, dtype=torch.bool, device=query.device)
+    elif q_len == k_len and _is_left_padded(padding_mask):
+        return _left_padded_attention(query, key, value, padding_mask, scaling)
     q_pos = torch.arange(k_len - q_len, k_len, device=query.device)
     k_pos = torch.arange(k_len, device=query.device)
     allowed = (k_pos[None, :] <= q_pos[:, None])[None] & padding_mask.bool()[:, None, :]
@@ -38,13 +40,38 @@ def dense_attention(
     return out.transpose(1, 2)
 
 
+def _is_left_padded(padding_mask: torch.Tensor) -> bool:
+    """True when every row's real tokens form one contiguous block at the end (generate's left padding)."""
+    counts = padding_mask.sum(-1, keepdim=True)
+    positions = torch.arange(padding_mask.shape[1], device=padding_mask.device)
+    return bool(torch.equal(padding_mask.bool(), positions[None, :] >= padding_mask.shape[1] - counts))
+
+
+def _left_padded_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, padding_mask: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """Causal attention row by row over each row's real tokens: no [L, L] mask, so long padded prompts fit."""
+    out = query.new_zeros(query.shape[0], query.shape[2], query.shape[1], query.shape[3])
+    gqa = query.shape[1] != key.shape[1]
+    for row, count in enumerate(padding_mask.sum(-1).tolist()):
+        if count == 0:
+            continue
+        rows = slice(row, row + 1)
+        part = F.scaled_dot_product_attention(
+            query[rows, :, -count:], key[rows, :, -count:], value[rows, :, -count:],
+            is_causal=True, scale=scaling, enable_gqa=gqa,
+        )
+        out[row, -count:] = part[0].transpose(0, 1)
+    return out
+
+
 def _decode(step: FairKVStep, query: torch.Tensor, scaling: float) -> torch.Tensor:
     """One new query per sequence over every held segment; query heads of a KV head's group are its rows."""
     layer = step.layer
     batch, q_heads, _, dim = query.shape
     group = q_heads // step.keys.shape[1]
     q = query.reshape(-1, group, dim)
-    out = decode_attention(q, layer.k_pool, layer.v_pool, layer.block_table, layer.seq_lens, scaling, layer.max_seq_len())
+    out = decode_attention(q, layer.k_pool, layer.v_pool, layer.block_table, layer.seq_lens, scaling, layer.max_len)
     return out.view(batch, 1, q_heads, dim)
 
 

@@ -71,7 +71,7 @@ class FairKVLayer(CacheLayerMixin):
         self.block_table: torch.Tensor | None = None
         self.seq_lens: torch.Tensor | None = None
         self.host_lens = torch.zeros(0, dtype=torch.long)
-        self.host_block_table = torch.zeros(0, 0, dtype=torch.long)
+        self.max_len = 0
         self.blocks_used = 0
         self.batch_size = 0
         self.num_heads = 0
@@ -113,9 +113,9 @@ class FairKVLayer(CacheLayerMixin):
         self.host_lens = lengths.cpu()
         blocks = (self.host_lens + self.block_size - 1) // self.block_size
         first_block = torch.cumsum(blocks, 0) - blocks
-        width = max(int(blocks.max()), 1)
-        columns = torch.arange(width)
-        self.host_block_table = torch.where(columns < blocks[:, None], first_block[:, None] + columns, 0)
+        self.max_len = int(self.host_lens.max())
+        columns = torch.arange(max(int(blocks.max()), 1))
+        block_table = torch.where(columns < blocks[:, None], first_block[:, None] + columns, 0)
         self.blocks_used = int(blocks.sum())
         dim = keys.shape[-1]
         self.k_pool = keys.new_empty(self.blocks_used, self.block_size, dim)
@@ -126,14 +126,25 @@ class FairKVLayer(CacheLayerMixin):
         dest = first_block.to(keys.device)[seg] * self.block_size + rank[b, h, pos]
         self.k_pool.view(-1, dim)[dest] = keys[b, h, pos]
         self.v_pool.view(-1, dim)[dest] = values[b, h, pos]
-        self.block_table = self.host_block_table.to(device=keys.device, dtype=torch.int32)
+        self.block_table = block_table.to(device=keys.device, dtype=torch.int32)
         self.seq_lens = lengths.to(torch.int32)
 
     def _append(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        """Write one new token per segment; take fresh blocks for segments whose last block is full."""
-        full = self.host_lens % self.block_size == 0
-        if bool(full.any()):
-            self._take_blocks(full.nonzero().squeeze(1))
+        """Write one new token per segment; segments whose last block is full take the next free block.
+
+        Block bookkeeping runs on the device from `seq_lens`, so decoding never waits on a host-device copy; the host
+        mirror `host_lens` only decides when the pool or the block table must grow.
+        """
+        new_blocks = int((self.host_lens % self.block_size == 0).sum())
+        if new_blocks:
+            self._reserve(new_blocks)
+            pos = self.seq_lens.long()
+            column = (pos // self.block_size)[:, None]
+            starts = pos % self.block_size == 0
+            fresh = self.blocks_used + torch.cumsum(starts, 0) - 1
+            current = self.block_table.gather(1, column).squeeze(1)
+            self.block_table.scatter_(1, column, torch.where(starts, fresh, current).to(torch.int32)[:, None])
+            self.blocks_used += new_blocks
         dim = key_states.shape[-1]
         pos = self.seq_lens.long()
         slot = self.block_table.gather(1, (pos // self.block_size)[:, None]).squeeze(1).long()
@@ -142,22 +153,18 @@ class FairKVLayer(CacheLayerMixin):
         self.v_pool.view(-1, dim).index_copy_(0, dest, value_states.reshape(-1, dim))
         self.seq_lens += 1
         self.host_lens += 1
+        self.max_len += 1
 
-    def _take_blocks(self, segments: torch.Tensor) -> None:
-        needed = self.blocks_used + len(segments)
+    def _reserve(self, new_blocks: int) -> None:
+        """Make room for `new_blocks` more blocks in the pool and one more column in the block table if needed."""
+        needed = self.blocks_used + new_blocks
         if needed > self.k_pool.shape[0]:
             slack = int(self.host_lens.sum()) // (16 * self.block_size)
             self._grow_pool(needed + slack)
-        column = self.host_lens[segments] // self.block_size
-        if int(column.max()) >= self.host_block_table.shape[1]:
-            extra = max(int(column.max()) + 1, 2 * self.host_block_table.shape[1]) - self.host_block_table.shape[1]
-            self.host_block_table = torch.nn.functional.pad(self.host_block_table, (0, extra))
+        columns = int(self.host_lens.max()) // self.block_size + 1
+        if columns > self.block_table.shape[1]:
+            extra = max(columns, 2 * self.block_table.shape[1]) - self.block_table.shape[1]
             self.block_table = torch.nn.functional.pad(self.block_table, (0, extra))
-        ids = torch.arange(self.blocks_used, needed)
-        self.host_block_table[segments, column] = ids
-        device = self.block_table.device
-        self.block_table[segments.to(device), column.to(device)] = ids.to(device=device, dtype=torch.int32)
-        self.blocks_used = needed
 
     def _grow_pool(self, capacity: int) -> None:
         for name in ("k_pool", "v_pool"):
@@ -170,13 +177,9 @@ class FairKVLayer(CacheLayerMixin):
         """Stored keys and values [length, D] of one segment, in prompt order then generated order (for inspection)."""
         seg = batch_row * self.num_heads + head
         length = int(self.host_lens[seg])
-        blocks = self.host_block_table[seg, : -(-length // self.block_size)].to(self.k_pool.device)
+        blocks = self.block_table[seg, : -(-length // self.block_size)].long()
         dim = self.k_pool.shape[-1]
         return self.k_pool[blocks].reshape(-1, dim)[:length], self.v_pool[blocks].reshape(-1, dim)[:length]
-
-    def max_seq_len(self) -> int:
-        """Longest stored segment, known on the host (no device sync)."""
-        return int(self.host_lens.max())
 
     def kept_lengths(self) -> torch.Tensor:
         """Tokens stored per (batch row, held KV head), LongTensor [batch, heads]."""
