@@ -170,3 +170,17 @@ def test_80_layers_8_heads_8_gpus_plans_in_under_10_seconds():
     plan = make_plan(synthetic_profile(), 8, batch=32)
     assert time.perf_counter() - start < 10.0
     assert plan.loads().step_time(plan.profile, CostModel(), 32) <= 1.01 * plan.step_lower_bound_s
+
+
+def test_heuristic_fallback_on_a_layer_too_large_for_the_dp():
+    from fairkv_hf.placement.exact import MAX_STATES, state_count
+    from fairkv_hf.placement.search import solve_layer
+
+    a = np.random.default_rng(1).lognormal(0, 1, 14)
+    assert state_count(a) > MAX_STATES
+    for b, copies in ((0.0, 3), (0.3, 3), (0.3, 0)):
+        layer, bound, _ = solve_layer(a, b, 4, copies)
+        assert len(layer) == 14 and all(layer)
+        assert all(abs(sum(x for _, x in p) - 1) < 1e-9 and len({g for g, _ in p}) == len(p) for p in layer)
+        assert sum(len(p) - 1 for p in layer) <= copies
+        assert bound <= layer_time(a, b, 4, layer) <= 1.05 * bound
