@@ -51,7 +51,9 @@ def simulate(profiles_dir: str | Path, gpu_counts: list[int], batch: int, out_di
         f"Cost model (H200 bf16 defaults, see `fairkv_hf.placement.cost`): {cost.to_dict()}. Batch {batch} for the "
         "time-objective columns. Balance = sum over layers of the slowest GPU's KV tokens / sum of the even share "
         "(1.00 = perfect). Bound = per-layer max(mean, largest head piece with the allowed copies). Max copies = N - 1 "
-        "extra replicas per layer.",
+        "extra replicas per layer. With more GPUs than KV heads, standard TP splits a head's query heads over its "
+        "replicas (smaller q/o slices each), which FairKV replicas (whole q/k/v/o slices, a share of the batch) cannot "
+        "express: where kept lengths are short (HeadKV at 128) that makes the time-objective speedup fall below 1.",
         "",
         "| profile | GPUs | standard TP | best effort | FairKV | bound | FairKV (time obj.) balance | replica weights GiB | predicted step speedup vs TP |",
         "|---|---|---|---|---|---|---|---|---|",
