@@ -1,0 +1,151 @@
+"""Converters from the published head-importance data in ``shared/profiles`` to `HeadLoadProfile`.
+
+DuoAttention (gates per KV head): the ``retrieval_fraction`` of all heads of the model with the highest
+gates (ranked over every layer together, as DuoAttention's own sparsity threshold does; ties broken by
+position) keep the whole context; the others keep ``sink + recent`` tokens (64 + 256), capped by the
+context. The profile's ``budget`` field holds the context length.
+
+HeadKV (scores per QUERY head, key "layer-head"): a query head's importance is the mean of its list. Our
+cache stores K/V per KV head, so a KV head's importance is the SUM over the query heads of its group
+(query head q belongs to KV head q // group, the Llama/Mistral ``repeat_kv`` layout), and HeadKV's budget
+rule is applied to KV heads with base budget ``B`` and window 32::
+
+    B_eff = B - window;  pool = (B_eff // beta) * L * H
+    tokens[l][h] = round(score[l][h] / sum(score) * pool + B_eff - B_eff // beta) + window
+
+Summing (not taking the max) keeps the mean kept length per KV head at B, and it equals 1/group of the
+sum of the group's per-query-head HeadKV budgets up to rounding, so per-query-head storage (HeadKV's
+own code) would give loads proportional to these. ``round`` is numpy's half-to-even; budgets are not
+capped by a context length (none is known here).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fairkv_hf.placement.profile import HeadLoadProfile
+
+HEADKV_WINDOW = 32
+DUO_SINK = 64
+DUO_RECENT = 256
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The attention shape of a model (from its published config.json)."""
+
+    num_layers: int
+    num_query_heads: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+
+
+KNOWN_SHAPES: dict[str, ModelShape] = {
+    "Meta-Llama-3.1-8B-Instruct": ModelShape(32, 32, 8, 128, 4096),
+    "Meta-Llama-3-8B-Instruct": ModelShape(32, 32, 8, 128, 4096),
+    "Mistral-7B-Instruct-v0.2": ModelShape(32, 32, 8, 128, 4096),
+    "Llama-2-7B-32K-Instruct": ModelShape(32, 32, 32, 128, 4096),
+    "Llama-3.3-70B-Instruct": ModelShape(80, 64, 8, 128, 8192),
+}
+
+
+def model_name_of(path: str | Path) -> str:
+    """The model name a shared profile file is named after (the part before the first '.' or '_')."""
+    name = Path(path).name
+    return name.split(".full_attention_heads")[0].split("_retrieval")[0]
+
+
+def shape_of(model: str, shape: ModelShape | None) -> ModelShape:
+    """The given shape, or the known shape of ``model``; a clear error when neither exists."""
+    if shape is not None:
+        return shape
+    if model not in KNOWN_SHAPES:
+        raise ValueError(f"no known shape for model {model!r}; pass shape=ModelShape(...) (known: {sorted(KNOWN_SHAPES)})")
+    return KNOWN_SHAPES[model]
+
+
+def _profile(model: str, shape: ModelShape, budget: float, tokens: np.ndarray) -> HeadLoadProfile:
+    return HeadLoadProfile(
+        model=model,
+        num_layers=shape.num_layers,
+        num_query_heads=shape.num_query_heads,
+        num_kv_heads=shape.num_kv_heads,
+        head_dim=shape.head_dim,
+        hidden_size=shape.hidden_size,
+        budget=float(budget),
+        tokens=tokens,
+    )
+
+
+def from_duoattention(
+    path: str | Path,
+    context: int = 32768,
+    retrieval_fraction: float = 0.5,
+    shape: ModelShape | None = None,
+) -> HeadLoadProfile:
+    """Profile of DuoAttention at ``context`` tokens with the top ``retrieval_fraction`` of heads retrieving."""
+    if not 0.0 <= retrieval_fraction <= 1.0:
+        raise ValueError(f"retrieval_fraction must be in [0, 1], got {retrieval_fraction}")
+    if context < 1:
+        raise ValueError(f"context must be a positive number of tokens, got {context}")
+    model = model_name_of(path)
+    shape = shape_of(model, shape)
+    gates = np.loadtxt(path, delimiter="\t", ndmin=2)
+    if gates.shape != (shape.num_layers, shape.num_kv_heads):
+        raise ValueError(
+            f"{path}: gates have shape {gates.shape}, but {model} has {shape.num_layers} layers x "
+            f"{shape.num_kv_heads} KV heads"
+        )
+    order = np.argsort(-gates.ravel(), kind="stable")
+    retrieval = np.zeros(gates.size, dtype=bool)
+    retrieval[order[: int(round(retrieval_fraction * gates.size))]] = True
+    streaming = min(DUO_SINK + DUO_RECENT, context)
+    tokens = np.where(retrieval, float(context), float(streaming)).reshape(gates.shape)
+    return _profile(f"{model} duoattention ctx={context} retrieval={retrieval_fraction:g}", shape, context, tokens)
+
+
+def from_headkv(
+    path: str | Path, budget: int = 128, beta: float = 1.01, shape: ModelShape | None = None
+) -> HeadLoadProfile:
+    """Profile of HeadKV at base budget ``budget`` and ``beta`` (rule in the module docstring)."""
+    if budget <= HEADKV_WINDOW:
+        raise ValueError(f"HeadKV budget must exceed the window of {HEADKV_WINDOW} tokens, got {budget}")
+    if beta < 1.0:
+        raise ValueError(f"HeadKV beta must be >= 1 (B_eff // beta is the redistributed share), got {beta}")
+    model = model_name_of(path)
+    shape = shape_of(model, shape)
+    with open(path) as f:
+        raw = json.loads(f.readline())
+    scores = np.full((shape.num_layers, shape.num_query_heads), np.nan)
+    for key, values in raw.items():
+        layer, head = (int(x) for x in key.split("-"))
+        if not (0 <= layer < shape.num_layers and 0 <= head < shape.num_query_heads):
+            raise ValueError(f"{path}: key {key!r} is outside {model}'s {shape.num_layers} x {shape.num_query_heads} query heads")
+        scores[layer, head] = float(np.mean(values))
+    if np.isnan(scores).any():
+        layer, head = np.argwhere(np.isnan(scores))[0]
+        raise ValueError(f"{path}: no score for query head '{layer}-{head}'")
+    group = shape.num_query_heads // shape.num_kv_heads
+    kv_scores = scores.reshape(shape.num_layers, shape.num_kv_heads, group).sum(axis=2)
+    b_eff = budget - HEADKV_WINDOW
+    pool = (b_eff // beta) * shape.num_layers * shape.num_kv_heads
+    tokens = np.round(kv_scores / kv_scores.sum() * pool + b_eff - b_eff // beta) + HEADKV_WINDOW
+    return _profile(f"{model} headkv B={budget} beta={beta:g}", shape, budget, tokens)
+
+
+def shared_profiles(root: str | Path) -> list[HeadLoadProfile]:
+    """Every profile the acceptance criteria name: DuoAttention at 32K with 50% retrieval heads, and HeadKV
+    at base budgets 128 and 1024 with beta 1.01 and 2.0, for each file under ``root``."""
+    root = Path(root)
+    duo = sorted((root / "duoattention").glob("*.tsv"))
+    headkv = sorted((root / "headkv").glob("*.json"))
+    if not duo and not headkv:
+        raise FileNotFoundError(f"no duoattention/*.tsv or headkv/*.json under {root}")
+    profiles = [from_duoattention(p) for p in duo]
+    profiles += [from_headkv(p, budget=b, beta=beta) for p in headkv for b in (128, 1024) for beta in (1.01, 2.0)]
+    return profiles
