@@ -128,6 +128,28 @@ def run_method(model, method: str, ids: torch.Tensor, steps: int, warmup: int) -
     return result
 
 
+@torch.no_grad()
+def check_against_dynamic(model, length: int = 512, steps: int = 8) -> dict:
+    """FairKVCache "full" vs DynamicCache on this device: greedy tokens and max |logit difference| over `steps`."""
+    ids = torch.randint(0, model.config.vocab_size, (2, length), device=DEVICE, generator=torch.Generator(DEVICE).manual_seed(1))
+    runs = {}
+    for method in ("dynamic", "fairkv-full"):
+        cache = make_cache(model, method)
+        logits = model(input_ids=ids, past_key_values=cache, logits_to_keep=1).logits[:, -1]
+        tokens, all_logits = [], [logits]
+        for _ in range(steps):
+            token = logits.argmax(-1, keepdim=True)
+            tokens.append(token)
+            logits = model(input_ids=token, past_key_values=cache, logits_to_keep=1).logits[:, -1]
+            all_logits.append(logits)
+        runs[method] = (torch.cat(tokens, 1), torch.stack(all_logits).float())
+        model.set_attn_implementation("sdpa")
+    diff = (runs["dynamic"][1] - runs["fairkv-full"][1]).abs().max().item()
+    scale = runs["dynamic"][1].abs().max().item()
+    return dict(same_tokens=bool(torch.equal(runs["dynamic"][0], runs["fairkv-full"][0])), max_abs_logit_diff=diff,
+                max_abs_logit=scale)
+
+
 def run_config(model, context: int, batch: int, methods: list[str], steps: int, warmup: int) -> list[dict]:
     gen = torch.Generator(device=DEVICE).manual_seed(context + batch)
     ids = torch.randint(0, model.config.vocab_size, (batch, context), device=DEVICE, generator=gen)
@@ -229,6 +251,8 @@ def main() -> None:
     warm = torch.randint(0, 1000, (2, 256), device=DEVICE)
     for method in ("dynamic", "ada-128"):
         run_method(model, method, warm, 2, 1)
+    meta["check_fairkv_full_vs_dynamic"] = check_against_dynamic(model)
+    print(json.dumps(meta["check_fairkv_full_vs_dynamic"]), flush=True)
     rows = []
     for context in args.contexts:
         for batch in args.batches:
