@@ -8,6 +8,7 @@ the output directly.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -106,6 +107,11 @@ def _combine_kernel(
     tl.store(out_ptr + seg * stride_os + row * stride_og + cols, out.to(out_ptr.dtype.element_ty))
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 def choose_num_splits(num_segments: int, max_seq_len: int, block_size: int, device: torch.device) -> int:
     """KV splits per segment: enough to fill the GPU (_PROGRAMS_PER_SM programs per SM, >= 2 blocks each) and
     enough that no program reads more than _MAX_BLOCKS_PER_SPLIT blocks, capped at _MAX_SPLITS.
@@ -113,10 +119,7 @@ def choose_num_splits(num_segments: int, max_seq_len: int, block_size: int, devi
     Sized from max_seq_len (known on the host): on skewed lengths a long segment is spread over many programs
     instead of one long tail, and the splits past a short segment's length exit at once.
     """
-    if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        sms = _INTERPRETER_SM_COUNT
+    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) if device.type == "cuda" else _INTERPRETER_SM_COUNT
     max_blocks = -(-max_seq_len // block_size)
     fill = min(-(-_PROGRAMS_PER_SM * sms // num_segments), max_blocks // _MIN_BLOCKS_PER_SPLIT)
     bounded = -(-max_blocks // _MAX_BLOCKS_PER_SPLIT)
