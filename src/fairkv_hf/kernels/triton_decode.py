@@ -166,11 +166,14 @@ def paged_decode_triton(
     *,
     num_splits: int | None = None,
     out: torch.Tensor | None = None,
+    num_warps: int = 4,
+    num_stages: int = 2,
 ) -> torch.Tensor:
     """Same contract as paged_decode_reference, computed by the split-K Triton kernel (no host sync).
 
     num_splits overrides the shape-based choice (tests use it to cover both the direct and merged paths);
-    out, if given, is a preallocated [S, G, D] tensor of q's dtype that receives the result.
+    out, if given, is a preallocated [S, G, D] tensor of q's dtype that receives the result; num_warps and
+    num_stages tune the split kernel (bench/decode_sweep.py measures them).
     """
     _check_inputs(q, k_pool, v_pool, block_table, seq_lens, max_seq_len)
     segs, groups, dim = q.shape
@@ -205,7 +208,7 @@ def paged_decode_triton(
         scale * _LOG2E, blocks_per_split,
         G=groups, G_PAD=g_pad, D=dim, BLOCK_N=block_size,
         DIRECT=direct, IEEE=q.dtype == torch.float32,
-        num_warps=4, num_stages=2,
+        num_warps=num_warps, num_stages=num_stages,
     )
     if not direct:
         _combine_kernel[(segs, groups)](
