@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import (
@@ -15,6 +17,7 @@ from transformers import (
 import fairkv_hf  # noqa: F401  (registers the "fairkv" attention)
 
 VOCAB = 256
+SHARED = Path(__file__).resolve().parents[2] / "shared"  # the shared/ folder beside the checkout
 
 
 def tiny_config(family: str, layers: int = 2):

@@ -4,7 +4,9 @@ import json
 
 from fairkv_hf.cli.plan import main
 
-DUO = "/work/shared/profiles/duoattention/Mistral-7B-Instruct-v0.2.full_attention_heads.tsv"
+from .conftest import SHARED
+
+DUO = str(SHARED / "profiles" / "duoattention" / "Mistral-7B-Instruct-v0.2.full_attention_heads.tsv")
 
 
 def test_cli_writes_a_valid_plan(tmp_path, capsys):

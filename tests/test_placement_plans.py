@@ -13,7 +13,9 @@ from fairkv_hf.placement.bounds import layer_lower_bound, layer_optimum
 from fairkv_hf.placement.exact import layer_exact
 from fairkv_hf.placement.simulate import synthetic_profile
 
-SHARED = Path("/work/shared/profiles")
+from .conftest import SHARED as _SHARED
+
+SHARED = _SHARED / "profiles"
 HEADKV = SHARED / "headkv" / "Mistral-7B-Instruct-v0.2_retrieval_heads.json"
 DUO = SHARED / "duoattention" / "Meta-Llama-3.1-8B-Instruct.full_attention_heads.tsv"
 

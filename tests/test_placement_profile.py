@@ -11,9 +11,9 @@ import torch
 from fairkv_hf.placement import HeadLoadProfile, from_duoattention, from_headkv, standard_tp_loads
 from fairkv_hf.placement.converters import ModelShape
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "profiles"
-if not SHARED.is_dir():
-    SHARED = Path("/work/shared/profiles")
+from .conftest import SHARED as _SHARED
+
+SHARED = _SHARED / "profiles"
 
 
 def _profile(tokens, heads=2, q=4):

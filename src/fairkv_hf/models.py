@@ -72,10 +72,12 @@ def _sha256(path: Path) -> str:
 
 def _gguf_file(model: PackagedModel) -> Path:
     """Path of the model's GGUF file: the packaged file itself, or its parts concatenated once into the cache."""
+    target = cache_home() / "gguf" / f"{model.alias}.gguf"
+    if len(model.files) > 1 and target.exists():
+        return target
     parts = [_package_dir(p, model.install) / f for p, f in zip(model.packages, model.files)]
     if len(parts) == 1:
         return parts[0]
-    target = cache_home() / "gguf" / f"{model.alias}.gguf"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".part")
