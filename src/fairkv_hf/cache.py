@@ -138,17 +138,16 @@ class FairKVLayer(CacheLayerMixin):
         new_blocks = int((self.host_lens % self.block_size == 0).sum())
         if new_blocks:
             self._reserve(new_blocks)
-            pos = self.seq_lens.long()
-            column = (pos // self.block_size)[:, None]
+        pos = self.seq_lens.long()
+        column = (pos // self.block_size)[:, None]
+        slot = self.block_table.gather(1, column).squeeze(1)
+        if new_blocks:
             starts = pos % self.block_size == 0
-            fresh = self.blocks_used + torch.cumsum(starts, 0) - 1
-            current = self.block_table.gather(1, column).squeeze(1)
-            self.block_table.scatter_(1, column, torch.where(starts, fresh, current).to(torch.int32)[:, None])
+            slot = torch.where(starts, self.blocks_used + torch.cumsum(starts, 0, dtype=torch.int32) - 1, slot)
+            self.block_table.scatter_(1, column, slot[:, None])
             self.blocks_used += new_blocks
         dim = key_states.shape[-1]
-        pos = self.seq_lens.long()
-        slot = self.block_table.gather(1, (pos // self.block_size)[:, None]).squeeze(1).long()
-        dest = slot * self.block_size + pos % self.block_size
+        dest = slot.long() * self.block_size + pos % self.block_size
         self.k_pool.view(-1, dim).index_copy_(0, dest, key_states.reshape(-1, dim))
         self.v_pool.view(-1, dim).index_copy_(0, dest, value_states.reshape(-1, dim))
         self.seq_lens += 1

@@ -7,6 +7,7 @@ when it reads paged pools, else the reference. FAIRKV_DECODE_BACKEND=reference|t
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -32,6 +33,12 @@ def choose_backend(device: torch.device, backend: str | None = None) -> str:
         return backend
     if device.type != "cuda":
         return "reference"
+    return _cuda_default()
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_default() -> str:
+    """Triton when importable, else torch varlen when it reads paged pools, else the reference (looked up once)."""
     if importlib.util.find_spec("triton") is not None:
         return "triton"
     return "varlen" if varlen_available() else "reference"
