@@ -129,7 +129,8 @@ def _shrink_to(
         droppable = [i for i, p in enumerate(parts) if p not in protected]
         if not droppable:
             raise ValueError(f"A prompt of {length} tokens cannot hold this task's needles or supporting paragraphs; ask for a longer task")
-        drop = set(droppable[-max(1, (record["length"] - length) // 40) :])
+        per_part = max(1, record["length"] // len(parts))
+        drop = set(droppable[-max(1, (record["length"] - length) // (2 * per_part)) :])
         parts = [p for i, p in enumerate(parts) if i not in drop]
 
 
@@ -141,7 +142,7 @@ def _niah_record(kind: str, length: int, tokenizer: PreTrainedTokenizerBase, rng
     overhead = _prompt_length(NIAH_TEMPLATE, {"context": "", "input": keys[0]}, tokenizer)
     start = rng.randrange(len(sentences))
     window = [sentences[(start + i) % len(sentences)] for i in range(length)]
-    hay = _fit(window, needles, tokenizer, length - overhead, overhead=1)
+    hay = _fit(window, needles, tokenizer, length - overhead, overhead=0)
     depths = [rng.random() for _ in needles]
     for i in sorted(range(len(needles)), key=lambda i: -depths[i]):
         hay.insert(round(depths[i] * len(hay)), needles[i])
