@@ -82,6 +82,8 @@ def write_report(run_dir: Path, meta: dict | None = None) -> str:
             counts[f.stem] = max(counts.get(f.stem, 0), sum(1 for _ in f.open(encoding="utf-8")))
     results["scores"] = scores
     results["records"] = counts
+    if results.get("longbench_e"):
+        results["bucket_scores"] = {m: score_folder(run_dir / m, longbench_e=True) for m in scores}
     results_file.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     header = f"Model {results.get('model', '?')}, max_length {results.get('max_length', '?')}, device {results.get('device', '?')}\n\n"
     table = markdown_table(scores, counts)
@@ -105,9 +107,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     model, tokenizer = load_model(args.model, dtype=DTYPES[args.dtype], device=args.device)
     max_length = args.max_length or model.config.max_position_embeddings - 500
     for name, _ in specs:
-        info = ruler_task_info(name)
-        if info is not None and int(name.rsplit("_", 1)[1]) > max_length:
-            raise SystemExit(f"{name} has prompts of up to {name.rsplit('_', 1)[1]} tokens: raise --max-length above it")
+        length = int(name.rsplit("_", 1)[1]) if ruler_task_info(name) else 0
+        if length > max_length:
+            raise SystemExit(f"{name} has prompts of up to {length} tokens: raise --max-length to at least {length}")
     tasks = _load_tasks(specs, args, tokenizer)
     out_dir = args.out_dir or Path("eval/outputs") / f"{Path(args.model).name}-{max_length}"
     timing: dict[str, dict[str, dict]] = {}
@@ -122,6 +124,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         "max_length": max_length,
         "device": _device_name(args.device),
         "dtype": args.dtype,
+        "longbench_e": args.e,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
         "command": "fairkv-longbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "timing": timing,
