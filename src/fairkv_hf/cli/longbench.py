@@ -67,7 +67,10 @@ def _load_tasks(specs: list[tuple[str, int | None]], args: argparse.Namespace, t
 
 
 def write_report(run_dir: Path, meta: dict | None = None) -> str:
-    """Score every method folder of a run, merge ``meta`` into results.json, write table.md and the plot."""
+    """Score every method folder of a run, merge ``meta`` into results.json, write table.md and the plot.
+
+    ``run`` calls it after every task, so an interrupted run still leaves consistent results files.
+    """
     results_file = run_dir / "results.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     if meta:
@@ -93,6 +96,7 @@ def write_report(run_dir: Path, meta: dict | None = None) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    """Predict every (method, task) not yet done, rewriting the run's results after each task."""
     if args.quick:
         args.tasks = args.tasks or QUICK_TASKS
         args.max_length = args.max_length or QUICK_MAX_LENGTH
@@ -112,13 +116,6 @@ def cmd_run(args: argparse.Namespace) -> None:
             raise SystemExit(f"{name} has prompts of up to {length} tokens: raise --max-length to at least {length}")
     tasks = _load_tasks(specs, args, tokenizer)
     out_dir = args.out_dir or Path("eval/outputs") / f"{Path(args.model).name}-{max_length}"
-    timing: dict[str, dict[str, dict]] = {}
-    for method in methods:
-        for task in tasks:
-            stats: RunStats = predict(model, tokenizer, task, method, out_dir / method.name / f"{task.info.name}.jsonl",
-                                      max_length, args.batch_size, progress=not args.no_progress)
-            if stats.records:
-                timing.setdefault(method.name, {})[task.info.name] = vars(stats) | {"batch_size": args.batch_size}
     meta = {
         "model": args.model,
         "max_length": max_length,
@@ -127,13 +124,21 @@ def cmd_run(args: argparse.Namespace) -> None:
         "longbench_e": args.e,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
         "command": "fairkv-longbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "timing": timing,
     }
-    print(write_report(out_dir, meta), end="")
+    table = ""
+    command = meta["command"]
+    for method in methods:
+        for task in tasks:
+            stats: RunStats = predict(model, tokenizer, task, method, out_dir / method.name / f"{task.info.name}.jsonl",
+                                      max_length, args.batch_size, progress=not args.no_progress)
+            timing = {method.name: {task.info.name: vars(stats) | {"batch_size": args.batch_size, "command": command}}} if stats.records else {}
+            table = write_report(out_dir, meta | {"timing": timing})
+    print(table, end="")
     print(f"\nPredictions, results.json and table.md are in {out_dir}")
 
 
 def cmd_score(args: argparse.Namespace) -> None:
+    """The official eval.py over one folder of prediction files."""
     scores = score_folder(args.pred_dir, longbench_e=args.e)
     out = args.out or args.pred_dir / ("result_e.json" if args.e else "result.json")
     out.write_text(json.dumps(scores, indent=2, ensure_ascii=False) + "\n")
@@ -141,6 +146,7 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    """Rescore a run folder and rewrite its results files."""
     print(write_report(args.run_dir), end="")
 
 
