@@ -108,6 +108,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     specs = _task_specs(args.tasks)
     methods = [parse_method(m.strip(), window=args.window) for m in args.methods.split(",") if m.strip()]
     torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, tokenizer = load_model(args.model, dtype=DTYPES[args.dtype], device=args.device)
     max_length = args.max_length or model.config.max_position_embeddings - 500
     for name, _ in specs:
@@ -167,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--e", action="store_true", help="LongBench-E: the <task>_e records")
     run.add_argument("--device", default="cpu")
     run.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    run.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; 1 is faster on a busy machine)")
     run.add_argument("--batch-size", type=int, default=1, help="prompts per generate call (left-padded, grouped by length)")
     run.add_argument("--window", type=int, default=32, help="observation window of the compressed methods")
     run.add_argument("--seed", type=int, default=0, help="seed of torch and of the RULER-style generators")
