@@ -22,7 +22,7 @@ from fairkv_hf.eval.data import default_data_dir, load_configs, load_task
 from fairkv_hf.eval.methods import parse_method
 from fairkv_hf.eval.report import markdown_table, plot_budgets, score_folder, score_run
 from fairkv_hf.eval.ruler import make_ruler_task, ruler_task_info
-from fairkv_hf.eval.runner import EvalTask, RunStats, predict
+from fairkv_hf.eval.runner import EvalTask, RunStats, predict, read_predictions
 from fairkv_hf.eval.tasks import LONGBENCH_TASKS, task_info
 from fairkv_hf.models import DEFAULT_MODEL, load_model
 
@@ -76,13 +76,17 @@ def write_report(run_dir: Path, meta: dict | None = None) -> str:
     if meta:
         timing = results.get("timing", {})
         for method, per_task in meta.pop("timing", {}).items():
-            timing.setdefault(method, {}).update(per_task)
+            for task, new in per_task.items():
+                old = timing.setdefault(method, {}).get(task)
+                if old is not None:
+                    new = new | {k: old[k] + new[k] for k in ("records", "prompt_tokens", "new_tokens", "seconds")}
+                timing[method][task] = new
         results.update(meta, timing=timing)
     scores = score_run(run_dir)
     counts = {}
     for method_dir in (run_dir / m for m in scores):
         for f in method_dir.glob("*.jsonl"):
-            counts[f.stem] = max(counts.get(f.stem, 0), sum(1 for _ in f.open(encoding="utf-8")))
+            counts[f.stem] = max(counts.get(f.stem, 0), len(read_predictions(f)))
     results["scores"] = scores
     results["records"] = counts
     if results.get("longbench_e"):
@@ -105,8 +109,11 @@ def cmd_run(args: argparse.Namespace) -> None:
         local = default_data_dir() if not args.hub else None
         folder = args.data_dir or local
         args.tasks = ",".join(t for t in LONGBENCH_TASKS if folder is None or (Path(folder) / f"{t}.jsonl").exists())
-    specs = _task_specs(args.tasks)
-    methods = [parse_method(m.strip(), window=args.window) for m in args.methods.split(",") if m.strip()]
+    try:
+        specs = _task_specs(args.tasks)
+        methods = [parse_method(m.strip(), window=args.window) for m in args.methods.split(",") if m.strip()]
+    except (KeyError, ValueError) as err:
+        raise SystemExit(f"fairkv-longbench run: {err}") from err
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
