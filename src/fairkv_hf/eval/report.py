@@ -51,7 +51,7 @@ def markdown_table(scores: dict[str, dict[str, float]], counts: dict[str, int] |
     methods = sorted(scores, key=_method_key)
     tasks = sorted({t for s in scores.values() for t in s})
     averages = {m: leaderboard_averages(scores[m]) for m in methods}
-    avg_rows = sorted({k for a in averages.values() for k in a})
+    avg_rows = sorted({k for a in averages.values() for k in a}, key=lambda k: (k.split("/")[0], k.endswith("/Average"), k))
     head = "| task | " + " | ".join(methods) + " |"
     lines = [head, "|" + "---|" * (len(methods) + 1)]
     for task in tasks:
