@@ -65,3 +65,11 @@ def test_chat_template_except_few_shot_and_code(data_dir, tokenizer) -> None:
     assert tokenizer.decode(qa).endswith("<|im_start|>assistant\n")
     assert tokenizer.decode(raw).startswith("Summarize the dialogue")
     assert len(build_prompt_ids(configs["samsum"].template, record, tokenizer, 300, chat=False)) <= 302
+
+
+def test_without_a_folder_records_come_from_the_hub(monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr("fairkv_hf.eval.data.load_dataset", lambda *args, **kwargs: calls.append((args, kwargs)) or "records")
+    assert load_task("qasper", None) == "records"
+    assert load_task("qasper", None, longbench_e=True) == "records"
+    assert calls == [(("THUDM/LongBench", "qasper"), {"split": "test"}), (("THUDM/LongBench", "qasper_e"), {"split": "test"})]
