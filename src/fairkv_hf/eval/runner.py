@@ -1,8 +1,9 @@
 """Generate predictions for one task and one method, resumably, in the official ``pred.py`` file format.
 
 Each finished record is appended at once to ``<task>.jsonl`` as ``{"pred", "answers", "all_classes",
-"length", "_id"}``; a rerun skips the ids already there. Decoding is greedy (the model's own sampling
-defaults are ignored); samsum also stops at a newline, after at least one new token, as ``pred.py`` does.
+"length", "_id"}``; a rerun skips the ids already there. Decoding is pure greedy: the model's sampling
+defaults and repetition penalty are overridden, so a hub model and its GGUF conversion decode alike. samsum
+also stops at a newline, after at least one new token, as ``pred.py`` does.
 Batches are left-padded and grouped by prompt length to waste little padding.
 """
 
@@ -88,6 +89,7 @@ def generate_batch(
         min_new_tokens=1 if stop_at_newline else 0,
         do_sample=False,
         num_beams=1,
+        repetition_penalty=1.0,
         eos_token_id=eos,
         pad_token_id=pad,
     )
