@@ -1,4 +1,4 @@
-"""Tiny random models of the four supported families, built from configs (float32, CPU)."""
+"""Shared fixtures: tiny random models of the four supported families (float32, CPU) and the embedded default."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ import pytest
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    AutoTokenizer,
     LlamaConfig,
     MistralConfig,
     Qwen2Config,
+    PreTrainedTokenizerBase,
     Qwen3Config,
 )
 
 import fairkv_hf  # noqa: F401  (registers the "fairkv" attention)
+from fairkv_hf.models import DEFAULT_MODEL, load_model, resolve_model_path
 
 VOCAB = 256
 SHARED = Path(__file__).resolve().parents[2] / "shared"  # the shared/ folder beside the checkout
@@ -64,3 +67,15 @@ def left_padded(lengths: list[int], seed: int = 1) -> tuple[torch.Tensor, torch.
 @pytest.fixture(params=["llama", "mistral", "qwen2", "qwen3"])
 def family(request) -> str:
     return request.param
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> PreTrainedTokenizerBase:
+    """The embedded default model's tokenizer."""
+    return AutoTokenizer.from_pretrained(resolve_model_path(DEFAULT_MODEL))
+
+
+@pytest.fixture(scope="session")
+def model_and_tokenizer():
+    """The embedded default model (SmolLM2-135M-Instruct, float32) and its tokenizer, loaded once."""
+    return load_model(DEFAULT_MODEL)

@@ -1,0 +1,145 @@
+"""Generate predictions for one task and one method, resumably, in the official ``pred.py`` file format.
+
+Each finished record is appended at once to ``<task>.jsonl`` as ``{"pred", "answers", "all_classes",
+"length", "_id"}``; a rerun skips the ids already there. Decoding is pure greedy: the model's sampling
+defaults and repetition penalty are overridden, so a hub model and its GGUF conversion decode alike. samsum
+also stops at a newline, after at least one new token, as ``pred.py`` does.
+Batches are left-padded and grouped by prompt length to waste little padding.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from fairkv_hf.eval.methods import Method
+from fairkv_hf.eval.prompting import build_prompt_ids
+from fairkv_hf.eval.tasks import TaskInfo
+
+NEWLINE_STOP_TASKS = frozenset({"samsum"})
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    """A task ready to run: its records (official fields plus ``_id``), template and generation length."""
+
+    info: TaskInfo
+    records: Sequence[Mapping[str, object]]
+    template: str
+    max_new_tokens: int
+
+
+@dataclass
+class RunStats:
+    """What one ``predict`` call generated, for the results file."""
+
+    records: int = 0
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    seconds: float = 0.0
+
+
+def read_predictions(path: Path) -> list[dict]:
+    """The complete lines of a prediction file; a line cut short by an interrupted run is dropped."""
+    if not path.exists():
+        return []
+    rows, dropped = [], False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            dropped = True
+    if dropped:
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return rows
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, stop_at_newline: bool) -> list[int]:
+    eos = model.generation_config.eos_token_id
+    ids = list(eos) if isinstance(eos, (list, tuple)) else [eos if eos is not None else tokenizer.eos_token_id]
+    if stop_at_newline:
+        ids.append(tokenizer.encode("\n", add_special_tokens=False)[-1])
+    return ids
+
+
+@torch.inference_mode()
+def generate_batch(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    method: Method,
+    stop_at_newline: bool = False,
+) -> tuple[list[str], int]:
+    """Greedy continuations of left-padded prompts, and the number of new tokens generated."""
+    eos = _eos_ids(model, tokenizer, stop_at_newline)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    width = max(len(p) for p in prompts)
+    input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=model.device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=1 if stop_at_newline else 0,
+        do_sample=False,
+        num_beams=1,
+        repetition_penalty=1.0,
+        eos_token_id=eos,
+        pad_token_id=pad,
+    )
+    cache = method.make_cache(model)
+    extra = {} if cache is None else {"past_key_values": cache}
+    out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config, **extra)[:, width:]
+    texts = [tokenizer.decode(row, skip_special_tokens=True) for row in out]
+    return texts, sum(_generated_length(row.tolist(), eos) for row in out)
+
+
+def _generated_length(row: list[int], eos: list[int]) -> int:
+    """Tokens generated up to and including the first stop token (the rest is padding)."""
+    return next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+
+
+def predict(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: EvalTask,
+    method: Method,
+    out_file: Path,
+    max_length: int,
+    batch_size: int = 1,
+    progress: bool = True,
+) -> RunStats:
+    """Append predictions for the task's records not yet in ``out_file``; return what this call did."""
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    done = {row["_id"] for row in read_predictions(out_file)}
+    todo = [r for r in task.records if r["_id"] not in done]
+    stats = RunStats()
+    if not todo:
+        return stats
+    prompts = [build_prompt_ids(task.template, r, tokenizer, max_length, task.info.chat) for r in todo]
+    order = sorted(range(len(todo)), key=lambda i: -len(prompts[i]))
+    stop = task.info.name in NEWLINE_STOP_TASKS
+    bar = tqdm(total=len(todo), desc=f"{method.name} {task.info.name}", disable=not progress, unit="rec")
+    start = time.perf_counter()
+    with open(out_file, "a", encoding="utf-8") as f:
+        for k in range(0, len(order), batch_size):
+            batch = order[k : k + batch_size]
+            texts, new_tokens = generate_batch(model, tokenizer, [prompts[i] for i in batch], task.max_new_tokens, method, stop)
+            for i, text in zip(batch, texts):
+                r = todo[i]
+                row = {"pred": text, "answers": r["answers"], "all_classes": r["all_classes"], "length": r["length"], "_id": r["_id"]}
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            stats.records += len(batch)
+            stats.prompt_tokens += sum(len(prompts[i]) for i in batch)
+            stats.new_tokens += new_tokens
+            bar.update(len(batch))
+    stats.seconds = time.perf_counter() - start
+    bar.close()
+    return stats
