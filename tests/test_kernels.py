@@ -71,6 +71,26 @@ def test_triton_matches_reference_half(groups: int, num_splits: int | None, dtyp
     assert rel_err(out, ref) < 1e-2
 
 
+def _poison_unused_slots(k_pool: torch.Tensor, v_pool: torch.Tensor, table: torch.Tensor, lens: torch.Tensor) -> None:
+    """NaN in every pool slot no segment stores: what a freshly allocated (torch.empty) pool may hold."""
+    used = torch.zeros(k_pool.shape[0] * BLOCK, dtype=torch.bool, device=k_pool.device)
+    for seg, length in enumerate(lens.tolist()):
+        for t in range(length):
+            used[int(table[seg, t // BLOCK]) * BLOCK + t % BLOCK] = True
+    for pool in (k_pool, v_pool):
+        pool.view(-1, pool.shape[-1])[~used] = float("nan")
+
+
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_garbage_in_unused_slots_is_never_read(num_splits: int) -> None:
+    inputs = make_inputs(7, 64, torch.float32)
+    _poison_unused_slots(*inputs[1:])
+    ref = paged_decode_reference(*inputs, 0.125, max(LENGTHS))
+    assert torch.isfinite(ref).all()
+    out = run_triton(*inputs, max(LENGTHS), num_splits)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
 def test_triton_short_segments_among_long_ones() -> None:
     """Splits past a short segment's length exit early; the merge must still use exactly the splits it has."""
     inputs = make_inputs(4, 64, torch.float32, lengths=[1, 640, 64, 129])

@@ -54,14 +54,17 @@ def _split_kernel(
     acc = tl.zeros([G_PAD, D], tl.float32)
     for blk in range(first, last):
         block_id = tl.load(table_ptr + seg * stride_ts + blk).to(tl.int64)
-        k = tl.load(k_ptr + block_id * stride_kb + toks[:, None] * stride_kt + cols[None, :])
-        v = tl.load(v_ptr + block_id * stride_vb + toks[:, None] * stride_vt + cols[None, :])
+        stored = (blk * BLOCK_N + toks) < seq_len  # slots past the length hold garbage (maybe NaN): never read
+        k = tl.load(k_ptr + block_id * stride_kb + toks[:, None] * stride_kt + cols[None, :],
+                    mask=stored[:, None], other=0.0)
+        v = tl.load(v_ptr + block_id * stride_vb + toks[:, None] * stride_vt + cols[None, :],
+                    mask=stored[:, None], other=0.0)
         if IEEE:
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:
             s = tl.dot(q, tl.trans(k))
         s = s * qk_scale
-        s = tl.where((blk * BLOCK_N + toks)[None, :] < seq_len, s, float("-inf"))
+        s = tl.where(stored[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(s - m_new[:, None])
