@@ -1,7 +1,6 @@
 """Profiles, their JSON form, validation, and the converters from the shared DuoAttention/HeadKV data."""
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
