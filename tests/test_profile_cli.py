@@ -38,3 +38,15 @@ def test_profile_of_smollm2_feeds_the_planner(tmp_path):
         assert all(sum(layer) == 64 * 3 for layer in kept)
     assert profile.tokens.sum(axis=1).tolist() == pytest.approx([64 * 3] * 30)
     assert plan_main(["--profile", str(out), "--gpus", "2", "--batch", "8", "--out", str(tmp_path / "plan.json")]) == 0
+
+
+def test_robustness_on_measured_samples(tmp_path, capsys):
+    profile = HeadLoadProfile("toy", 2, 4, 2, 16, 64, 10.0, [[12.0, 8.0], [5.0, 15.0]])
+    profile.save(tmp_path / "p.json")
+    samples = [[[14, 6], [5, 15]], [[10, 10], [6, 14]]]
+    (tmp_path / "s.json").write_text(json.dumps(samples))
+    assert plan_main(["--profile", str(tmp_path / "p.json"), "--gpus", "2", "--robustness", str(tmp_path / "s.json")]) == 0
+    line = capsys.readouterr().out
+    assert "2 inputs, 2 GPUs" in line and "offline FairKV plan / per-input optimum = mean" in line
+    (tmp_path / "bad.json").write_text(json.dumps([[[1, 2, 3]]]))
+    assert plan_main(["--profile", str(tmp_path / "p.json"), "--gpus", "2", "--robustness", str(tmp_path / "bad.json")]) != 0

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from fairkv_hf.placement.converters import from_duoattention, from_headkv
 from fairkv_hf.placement.plans import GIB, OBJECTIVES, make_plan
 from fairkv_hf.placement.profile import HeadLoadProfile
-from fairkv_hf.placement.simulate import simulate
+from fairkv_hf.placement.simulate import robustness_ratios, simulate
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=32, help="batch size the plan is optimised for")
     p.add_argument("--objective", choices=OBJECTIVES, default="time", help="predicted step time, or KV balance only")
     p.add_argument("--out", help="plan JSON to write (or the output folder with --simulate)")
+    p.add_argument("--robustness", help="per-input kept lengths (fairkv-profile --samples): compare the offline plan "
+                                        "with per-input optimal plans instead of writing a plan")
     p.add_argument("--simulate", action="store_true", help="compare plans on every profile under --profiles-dir")
     p.add_argument("--profiles-dir", default="../shared/profiles", help="shared profiles folder for --simulate")
     return p
@@ -44,6 +49,19 @@ def _profile(args: argparse.Namespace) -> HeadLoadProfile:
     raise ValueError("give one of --profile, --duoattention or --headkv (or --simulate)")
 
 
+def _robustness_report(profile: HeadLoadProfile, samples_path: str, gpus: int) -> str:
+    """Offline plan vs per-input optimal plans on measured per-input budgets (KV balance objective)."""
+    samples = json.loads(Path(samples_path).read_text())
+    inputs = [HeadLoadProfile(**{**profile.__dict__, "tokens": np.asarray(s, dtype=float)}) for s in samples]
+    for i, q in enumerate(inputs):
+        if q.tokens.shape != profile.tokens.shape:
+            raise ValueError(f"sample {i} has shape {q.tokens.shape}, the profile {profile.tokens.shape}: use samples "
+                             "written by fairkv-profile for the same model")
+    ratios, tp = robustness_ratios(profile, inputs, gpus)
+    return (f"{len(inputs)} inputs, {gpus} GPUs: offline FairKV plan / per-input optimum = mean {np.mean(ratios):.3f}, "
+            f"worst {max(ratios):.3f}; standard TP / per-input optimum = mean {np.mean(tp):.3f}, worst {max(tp):.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``fairkv-plan``; errors in the input are reported in one line."""
     args = _parser().parse_args(argv)
@@ -55,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if len(gpus) != 1:
             raise ValueError(f"--gpus takes one count without --simulate, got {args.gpus}")
+        if args.robustness:
+            print(_robustness_report(_profile(args), args.robustness, gpus[0]))
+            return 0
         if not args.out:
             raise ValueError("--out plan.json is required")
         plan = make_plan(_profile(args), gpus[0], args.batch, args.max_copies, args.mem_gib, objective=args.objective)

@@ -119,15 +119,21 @@ def _robustness(profiles: list[HeadLoadProfile]) -> list[str]:
              "| profile | standard TP | offline FairKV (mean) | offline FairKV (worst) |", "|---|---|---|---|"]
     rng = np.random.default_rng(0)
     for p in profiles:
-        offline = make_plan(p, 8, objective="balance")
-        ratios, tp = [], []
-        for _ in range(NOISE_SAMPLES):
-            q = _noisy(p, rng)
-            best = make_plan(q, 8, objective="balance").loads().kv_tokens.max(axis=1).sum()
-            ratios.append(offline.loads(q).kv_tokens.max(axis=1).sum() / best)
-            tp.append(standard_tp_loads(q, 8).kv_tokens.max(axis=1).sum() / best)
+        ratios, tp = robustness_ratios(p, [_noisy(p, rng) for _ in range(NOISE_SAMPLES)], 8)
         lines.append(f"| {p.model} | {np.mean(tp):.3f} | {np.mean(ratios):.3f} | {max(ratios):.3f} |")
     return lines
+
+
+def robustness_ratios(profile: HeadLoadProfile, inputs: list[HeadLoadProfile], gpus: int) -> tuple[list[float], list[float]]:
+    """Per input: the sum of per-layer max KV of the plan made offline from `profile`, and of standard TP, each over
+    that of the plan made for the input's own budgets (1.0 = as good as knowing the input in advance)."""
+    offline = make_plan(profile, gpus, objective="balance")
+    ratios, tp = [], []
+    for q in inputs:
+        best = make_plan(q, gpus, objective="balance").loads().kv_tokens.max(axis=1).sum()
+        ratios.append(float(offline.loads(q).kv_tokens.max(axis=1).sum() / best))
+        tp.append(float(standard_tp_loads(q, gpus).kv_tokens.max(axis=1).sum() / best))
+    return ratios, tp
 
 
 def _planning_time() -> list[str]:
