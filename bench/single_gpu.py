@@ -7,7 +7,10 @@ Methods, each run side by side in one process on the same prompts (random token 
   masked-ada-B       kvpress-style masking: a full DynamicCache whose evicted positions are masked out of sdpa
                      (the same Ada-SnapKV choice; saves no memory, reads every byte)
 Per method: prefill time, decode ms/step (median over the timed steps) and tokens/s, peak memory above the
-weights, and cache bytes. A second part times `FairKVLayer._append` alone over 512 steps (amortized O(1) check).
+weights, and cache bytes. HF eager decoding is launch-bound, so host noise moves whole runs (seen: +20 ms/step
+for some runs of any method on an H200 host): with --rounds R every method runs R times, the method order rotated
+each round, and the table gives the median over rounds with the min-max range. The garbage collector is off
+while decode steps are timed. A second part times `FairKVLayer._append` alone over 512 steps (amortized O(1) check).
 
   python bench/single_gpu.py --contexts 8192 32768 --batches 1 8 32 --out bench/results
 """
@@ -15,6 +18,7 @@ weights, and cache bytes. A second part times `FairKVLayer._append` alone over 5
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -111,6 +115,8 @@ def run_method(model, method: str, ids: torch.Tensor, steps: int, warmup: int) -
     prefill_s = time.perf_counter() - start
     token = logits[:, -1].argmax(-1, keepdim=True)
     times = []
+    gc.collect()
+    gc.disable()
     for step in range(warmup + steps):
         sync()
         start = time.perf_counter()
@@ -119,6 +125,7 @@ def run_method(model, method: str, ids: torch.Tensor, steps: int, warmup: int) -
         sync()
         if step >= warmup:
             times.append(time.perf_counter() - start)
+    gc.enable()
     step_ms = 1000 * statistics.median(times)
     result = dict(
         method=method, prefill_s=prefill_s, decode_ms_per_step=step_ms, decode_tokens_per_s=ids.shape[0] * 1000 / step_ms,
@@ -150,19 +157,33 @@ def check_against_dynamic(model, length: int = 512, steps: int = 8) -> dict:
                 max_abs_logit=scale)
 
 
-def run_config(model, context: int, batch: int, methods: list[str], steps: int, warmup: int) -> list[dict]:
+def run_config(model, context: int, batch: int, methods: list[str], steps: int, warmup: int, rounds: int) -> list[dict]:
+    """Every method `rounds` times (order rotated per round); one row per method with the median over rounds."""
     gen = torch.Generator(device=DEVICE).manual_seed(context + batch)
     ids = torch.randint(0, model.config.vocab_size, (batch, context), device=DEVICE, generator=gen)
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    for r in range(rounds):
+        for method in methods[r % len(methods):] + methods[: r % len(methods)]:
+            try:
+                row = run_method(model, method, ids, steps, warmup)
+            except torch.OutOfMemoryError:
+                row = dict(method=method, note="out of memory")
+                torch.cuda.empty_cache()
+            model.set_attn_implementation("sdpa")
+            runs[method].append(row)
+            print(json.dumps(dict(context=context, batch=batch, round=r, **row)), flush=True)
     rows = []
-    for method in methods:
-        try:
-            row = run_method(model, method, ids, steps, warmup)
-        except torch.OutOfMemoryError:
-            row = dict(method=method, note="out of memory")
-            torch.cuda.empty_cache()
-        model.set_attn_implementation("sdpa")
-        rows.append(dict(context=context, batch=batch, **row))
-        print(json.dumps(rows[-1]), flush=True)
+    for method, results in runs.items():
+        done = [x for x in results if "decode_ms_per_step" in x]
+        if not done:
+            rows.append(dict(context=context, batch=batch, **results[0]))
+            continue
+        step_ms = [x["decode_ms_per_step"] for x in done]
+        rows.append(dict(
+            context=context, batch=batch, **done[0] | dict(
+                prefill_s=statistics.median(x["prefill_s"] for x in done), decode_ms_per_step=statistics.median(step_ms),
+                decode_tokens_per_s=batch * 1000 / statistics.median(step_ms), decode_ms_rounds=step_ms,
+                peak_gib_above_weights=max(x["peak_gib_above_weights"] for x in done))))
     return rows
 
 
@@ -200,7 +221,7 @@ def environment(args: argparse.Namespace) -> dict:
     return dict(
         device=torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", torch=torch.__version__, transformers=transformers.__version__,
         command="python " + " ".join(sys.argv), model_shape=dict(LLAMA_31_8B, num_hidden_layers=args.layers),
-        dtype="bfloat16", decode_steps=args.steps, warmup_steps=args.warmup,
+        dtype="bfloat16", decode_steps=args.steps, warmup_steps=args.warmup, rounds=args.rounds,
     )
 
 
@@ -208,7 +229,8 @@ def markdown(meta: dict, rows: list[dict], append: list[dict]) -> str:
     lines = [f"# Single-GPU decode: {meta['device']}", "", f"`{meta['command']}`", "",
              f"torch {meta['torch']}, transformers {meta['transformers']}, Llama-3.1-8B shape "
              f"({meta['model_shape']['num_hidden_layers']} layers), bf16, random weights, random prompts; decode = median "
-             f"of {meta['decode_steps']} steps after {meta['warmup_steps']} warm-up steps.", "",
+             f"of {meta['decode_steps']} steps after {meta['warmup_steps']} warm-up steps, median (min-max) over "
+             f"{meta.get('rounds', 1)} rounds.", "",
              "| context | batch | method | prefill s | decode ms/step | tokens/s | speedup vs dynamic | peak GiB above weights | cache GiB |",
              "|---|---|---|---|---|---|---|---|---|"]
     base = {(r["context"], r["batch"]): r for r in rows if r["method"] == "dynamic" and "decode_ms_per_step" in r}
@@ -218,8 +240,10 @@ def markdown(meta: dict, rows: list[dict], append: list[dict]) -> str:
             continue
         ref = base.get((r["context"], r["batch"]))
         speed = f"{ref['decode_ms_per_step'] / r['decode_ms_per_step']:.2f}x" if ref else "-"
+        spread = r.get("decode_ms_rounds", [r["decode_ms_per_step"]])
         lines.append(
-            f"| {r['context']} | {r['batch']} | {r['method']} | {r['prefill_s']:.2f} | {r['decode_ms_per_step']:.2f} | "
+            f"| {r['context']} | {r['batch']} | {r['method']} | {r['prefill_s']:.2f} | {r['decode_ms_per_step']:.2f} "
+            f"({min(spread):.1f}-{max(spread):.1f}) | "
             f"{r['decode_tokens_per_s']:.0f} | {speed} | {r['peak_gib_above_weights']:.2f} | {r['cache_gib']:.2f} |"
         )
     for a in append:
@@ -239,6 +263,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3, help="runs of every method per shape (order rotated)")
     parser.add_argument("--skip", nargs="*", default=["32768x32"], help="CONTEXTxBATCH pairs not run (state why)")
     parser.add_argument("--append-steps", type=int, default=512)
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
@@ -259,7 +284,7 @@ def main() -> None:
             if f"{context}x{batch}" in args.skip:
                 rows.append(dict(context=context, batch=batch, method="all", note="skipped (--skip)"))
                 continue
-            rows += run_config(model, context, batch, args.methods, args.steps, args.warmup)
+            rows += run_config(model, context, batch, args.methods, args.steps, args.warmup, args.rounds)
     del model
     torch.cuda.empty_cache()
     append = [append_cost(8, 8, 1024, args.append_steps)] if args.append_steps else []

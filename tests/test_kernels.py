@@ -11,8 +11,10 @@ ON_GPU = torch.cuda.is_available()
 if not ON_GPU:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from fairkv_hf.cache import FairKVLayer  # noqa: E402
 from fairkv_hf.kernels import choose_backend, decode_attention, paged_decode_reference  # noqa: E402
 from fairkv_hf.kernels.varlen import paged_decode_varlen, varlen_available  # noqa: E402
+from fairkv_hf.policies import get_policy  # noqa: E402
 
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 BLOCK = 64
@@ -135,3 +137,36 @@ def test_varlen_refuses_cpu_tensors() -> None:
     inputs = [t.cpu() for t in make_inputs(2, 64, torch.float32)]
     with pytest.raises(RuntimeError, match="CUDA only|no paged varlen_attn"):
         paged_decode_varlen(*inputs, 0.125, max(LENGTHS))
+
+
+def _filled_layer(backend: str, lengths: list[int], dim: int) -> FairKVLayer:
+    """A layer holding segments of the given lengths (random keys and values), appending with `backend`."""
+    gen = torch.Generator().manual_seed(0)
+    width = max(lengths)
+    keys = torch.randn(1, len(lengths), width, dim, generator=gen).to(DEVICE)
+    values = torch.randn(1, len(lengths), width, dim, generator=gen).to(DEVICE)
+    keep = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None])[None].to(DEVICE)
+    layer = FairKVLayer(0, get_policy("full"), None, 8)
+    layer.lazy_initialization(keys, values)
+    layer._store(keys, values, keep)
+    layer._append_backend = backend
+    return layer
+
+
+@pytest.mark.parametrize("dim", [64, 96])
+def test_triton_append_matches_reference_across_block_edges(dim: int) -> None:
+    pytest.importorskip("fairkv_hf.kernels.triton_append", exc_type=ImportError)
+    lengths = [1, 63, 64, 128, 5, 200, 127, 64]
+    layers = {b: _filled_layer(b, lengths, dim) for b in ("reference", "triton")}
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(70):
+        new_k, new_v = (torch.randn(1, len(lengths), 1, dim, generator=gen).to(DEVICE) for _ in range(2))
+        for layer in layers.values():
+            layer._append(new_k, new_v)
+    ref, tri = layers["reference"], layers["triton"]
+    assert ref.blocks_used == tri.blocks_used and torch.equal(ref.seq_lens, tri.seq_lens)
+    assert torch.equal(ref.block_table, tri.block_table)
+    assert tri.kept_lengths().tolist() == [[n + 70 for n in lengths]]
+    for head in range(len(lengths)):
+        for a, b in zip(ref.segment(0, head), tri.segment(0, head)):
+            assert torch.equal(a, b)

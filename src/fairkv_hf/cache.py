@@ -19,6 +19,8 @@ import torch
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from .kernels import choose_backend
+from .kernels.append import append_tokens
 from .policies import Policy, get_policy
 
 BLOCK_SIZE = 64
@@ -70,8 +72,12 @@ class FairKVLayer(CacheLayerMixin):
         self.v_pool: torch.Tensor | None = None
         self.block_table: torch.Tensor | None = None
         self.seq_lens: torch.Tensor | None = None
-        self.host_lens = torch.zeros(0, dtype=torch.long)
+        self.stored_lens = torch.zeros(0, dtype=torch.long)
+        self.steps = 0
         self.max_len = 0
+        self._stored_total = 0
+        self._residues: list[int] = []
+        self._append_backend = "reference"
         self.blocks_used = 0
         self.batch_size = 0
         self.num_heads = 0
@@ -110,10 +116,14 @@ class FairKVLayer(CacheLayerMixin):
     def _store(self, keys: torch.Tensor, values: torch.Tensor, keep: torch.Tensor) -> None:
         segments = keep.shape[0] * keep.shape[1]
         lengths = keep.sum(-1).reshape(segments)
-        self.host_lens = lengths.cpu()
-        blocks = (self.host_lens + self.block_size - 1) // self.block_size
+        self.stored_lens = lengths.cpu()
+        self.steps = 0
+        self._stored_total = int(self.stored_lens.sum())
+        self._residues = torch.bincount(self.stored_lens % self.block_size, minlength=self.block_size).tolist()
+        self._append_backend = "triton" if choose_backend(keys.device) == "triton" else "reference"
+        blocks = (self.stored_lens + self.block_size - 1) // self.block_size
         first_block = torch.cumsum(blocks, 0) - blocks
-        self.max_len = int(self.host_lens.max())
+        self.max_len = int(self.stored_lens.max())
         columns = torch.arange(max(int(blocks.max()), 1))
         block_table = torch.where(columns < blocks[:, None], first_block[:, None] + columns, 0)
         self.blocks_used = int(blocks.sum())
@@ -132,35 +142,26 @@ class FairKVLayer(CacheLayerMixin):
     def _append(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         """Write one new token per segment; segments whose last block is full take the next free block.
 
-        Block bookkeeping runs on the device from `seq_lens`, so decoding never waits on a host-device copy; the host
-        mirror `host_lens` only decides when the pool or the block table must grow.
+        Every segment grows by one token per step, so the host knows without reading the device how many segments
+        start a block at this step (those whose stored length has the right residue); the device finds which.
         """
-        new_blocks = int((self.host_lens % self.block_size == 0).sum())
+        new_blocks = self._residues[-self.steps % self.block_size]
         if new_blocks:
             self._reserve(new_blocks)
-        pos = self.seq_lens.long()
-        column = (pos // self.block_size)[:, None]
-        slot = self.block_table.gather(1, column).squeeze(1)
-        if new_blocks:
-            starts = pos % self.block_size == 0
-            slot = torch.where(starts, self.blocks_used + torch.cumsum(starts, 0, dtype=torch.int32) - 1, slot)
-            self.block_table.scatter_(1, column, slot[:, None])
-            self.blocks_used += new_blocks
         dim = key_states.shape[-1]
-        dest = slot.long() * self.block_size + pos % self.block_size
-        self.k_pool.view(-1, dim).index_copy_(0, dest, key_states.reshape(-1, dim))
-        self.v_pool.view(-1, dim).index_copy_(0, dest, value_states.reshape(-1, dim))
-        self.seq_lens += 1
-        self.host_lens += 1
+        append_tokens(self.k_pool, self.v_pool, self.block_table, self.seq_lens, key_states.reshape(-1, dim).contiguous(),
+                      value_states.reshape(-1, dim).contiguous(), self.blocks_used, new_blocks, self._append_backend)
+        self.blocks_used += new_blocks
+        self.steps += 1
         self.max_len += 1
 
     def _reserve(self, new_blocks: int) -> None:
         """Make room for `new_blocks` more blocks in the pool and one more column in the block table if needed."""
         needed = self.blocks_used + new_blocks
         if needed > self.k_pool.shape[0]:
-            slack = int(self.host_lens.sum()) // (16 * self.block_size)
+            slack = (self._stored_total + self.steps * len(self.stored_lens)) // (16 * self.block_size)
             self._grow_pool(needed + slack)
-        columns = int(self.host_lens.max()) // self.block_size + 1
+        columns = self.max_len // self.block_size + 1
         if columns > self.block_table.shape[1]:
             extra = max(columns, 2 * self.block_table.shape[1]) - self.block_table.shape[1]
             self.block_table = torch.nn.functional.pad(self.block_table, (0, extra))
@@ -175,14 +176,14 @@ class FairKVLayer(CacheLayerMixin):
     def segment(self, batch_row: int, head: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Stored keys and values [length, D] of one segment, in prompt order then generated order (for inspection)."""
         seg = batch_row * self.num_heads + head
-        length = int(self.host_lens[seg])
+        length = int(self.stored_lens[seg]) + self.steps
         blocks = self.block_table[seg, : -(-length // self.block_size)].long()
         dim = self.k_pool.shape[-1]
         return self.k_pool[blocks].reshape(-1, dim)[:length], self.v_pool[blocks].reshape(-1, dim)[:length]
 
     def kept_lengths(self) -> torch.Tensor:
         """Tokens stored per (batch row, held KV head), LongTensor [batch, heads]."""
-        return self.host_lens.view(self.batch_size, self.num_heads).clone()
+        return (self.stored_lens + self.steps).view(self.batch_size, self.num_heads)
 
     def nbytes(self) -> int:
         """Bytes allocated for K and V, reserved capacity included."""
