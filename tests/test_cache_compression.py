@@ -168,3 +168,30 @@ def test_scores_pool_over_prefix_only():
     probs = torch.softmax(F.pad(queries[0, :, -4:] @ keys[0, 0].T * 8**-0.5, (0, 0)).masked_fill(
         torch.arange(20)[None, :] > torch.arange(16, 20)[:, None], float("-inf")), -1)
     torch.testing.assert_close(scores[0, 0], probs.mean(1).mean(0)[:16])
+
+
+def test_head_budgets_keep_each_heads_top_tokens():
+    from fairkv_hf import HeadBudgetPolicy
+
+    table = [[12, 30], [20, 16]]
+    model = tiny_model("llama")
+    ids, mask = left_padded([60, 44, 15], seed=7)
+    states = _capture_prompt_states(model, ids, mask)
+    cache = FairKVCache(model, policy=HeadBudgetPolicy(tokens=table), window=WINDOW)
+    model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=NEW_TOKENS,
+                   min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0)
+    scaling = model.model.layers[0].self_attn.scaling
+    for layer_idx, layer in enumerate(cache.layers):
+        query, key, _ = states[layer_idx]
+        prefix = key.shape[2] - WINDOW
+        for row in range(ids.shape[0]):
+            valid_row = mask[row].bool()
+            window_positions = [p for p in range(prefix, key.shape[2]) if valid_row[p]]
+            for head in range(key.shape[1]):
+                scores = _naive_scores(query, key, row, head, valid_row, scaling)
+                candidates = [(float(scores[j]), j, j) for j in range(prefix) if valid_row[j]]
+                count = table[layer_idx][head] - WINDOW
+                positions = sorted(j for (_, _, j) in _top(candidates, count)) + window_positions
+                stored_keys, _ = layer.segment(row, head)
+                assert len(stored_keys) == len(positions) + NEW_TOKENS - 1
+                torch.testing.assert_close(stored_keys[: len(positions)], key[row, head, positions], atol=1e-5, rtol=0)

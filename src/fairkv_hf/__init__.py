@@ -6,8 +6,18 @@ Importing the package registers the "fairkv" attention implementation with trans
 from .attention import register as _register_attention
 from .cache import FairKVCache, FairKVLayer
 from .models import load_model
-from .policies import AdaSnapKVPolicy, FullPolicy, Policy, SnapKVPolicy, get_policy
+from .policies import (
+    AdaSnapKVPolicy,
+    DuoAttentionPolicy,
+    FullPolicy,
+    HeadBudgetPolicy,
+    Policy,
+    PyramidKVPolicy,
+    SnapKVPolicy,
+    get_policy,
+)
 
 _register_attention()
 
-__all__ = ["AdaSnapKVPolicy", "FairKVCache", "FairKVLayer", "FullPolicy", "Policy", "SnapKVPolicy", "get_policy", "load_model"]
+__all__ = ["AdaSnapKVPolicy", "DuoAttentionPolicy", "FairKVCache", "FairKVLayer", "FullPolicy", "HeadBudgetPolicy",
+           "Policy", "PyramidKVPolicy", "SnapKVPolicy", "get_policy", "load_model"]

@@ -255,8 +255,9 @@ class FairKVCache(Cache):
     """Per-head variable-length KV cache: `model.generate(**inputs, past_key_values=FairKVCache(model, ...))`.
 
     Constructing it switches `model` to the "fairkv" attention implementation (restore another one with
-    `model.set_attn_implementation("sdpa")`). `policy` is a name ("full", "snapkv", "ada_snapkv") or a Policy
-    object; `budget` is the number of prompt tokens each KV head keeps on average, observation window included.
+    `model.set_attn_implementation("sdpa")`). `policy` is a name ("full", "snapkv", "ada_snapkv", "pyramidkv")
+    or a Policy object (e.g. HeadBudgetPolicy, DuoAttentionPolicy); `budget` is the number of prompt tokens each KV
+    head keeps on average, observation window included (policies with their own per-head table take none).
     Use one cache per `generate` call: a second prefill on a filled cache raises (see FairKVLayer.update).
     """
 
@@ -275,7 +276,8 @@ class FairKVCache(Cache):
                 "must call past_key_values.update() right before the attention function, as Llama does."
             )
         self.policy = get_policy(policy, **policy_options)
-        if self.policy.name != "full":
+        self.policy.bind(config.num_hidden_layers, config.num_key_value_heads or config.num_attention_heads)
+        if self.policy.uses_budget:
             if budget is None or budget <= 0:
                 raise ValueError(f"budget must be a positive number of tokens per KV head, got {budget}")
             if window <= 0 or window > budget:

@@ -16,7 +16,7 @@ from fairkv_hf.policies import POLICIES
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="alias, local folder or hub name")
-    parser.add_argument("--policy", default="ada_snapkv", choices=sorted(POLICIES))
+    parser.add_argument("--policy", default="ada_snapkv", choices=sorted(n for n, cls in POLICIES.items() if cls.uses_budget or n == "full"))
     parser.add_argument("--budget", type=int, default=128, help="prompt tokens kept per KV head (window included)")
     parser.add_argument("--window", type=int, default=32)
     parser.add_argument("--prompt", help="the user message")

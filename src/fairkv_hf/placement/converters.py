@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from fairkv_hf.placement.profile import HeadLoadProfile
+from fairkv_hf.policies.duoattention import retrieval_heads
 
 HEADKV_WINDOW = 32
 DUO_SINK = 64
@@ -89,8 +90,6 @@ def from_duoattention(
     shape: ModelShape | None = None,
 ) -> HeadLoadProfile:
     """Profile of DuoAttention at ``context`` tokens with the top ``retrieval_fraction`` of heads retrieving."""
-    if not 0.0 <= retrieval_fraction <= 1.0:
-        raise ValueError(f"retrieval_fraction must be in [0, 1], got {retrieval_fraction}")
     if context < 1:
         raise ValueError(f"context must be a positive number of tokens, got {context}")
     model = model_name_of(path)
@@ -101,11 +100,9 @@ def from_duoattention(
             f"{path}: gates have shape {gates.shape}, but {model} has {shape.num_layers} layers x "
             f"{shape.num_kv_heads} KV heads"
         )
-    order = np.argsort(-gates.ravel(), kind="stable")
-    retrieval = np.zeros(gates.size, dtype=bool)
-    retrieval[order[: int(round(retrieval_fraction * gates.size))]] = True
+    retrieval = retrieval_heads(gates, retrieval_fraction)
     streaming = min(DUO_SINK + DUO_RECENT, context)
-    tokens = np.where(retrieval, float(context), float(streaming)).reshape(gates.shape)
+    tokens = np.where(retrieval, float(context), float(streaming))
     return _profile(f"{model} duoattention ctx={context} retrieval={retrieval_fraction:g}", shape, context, tokens)
 
 

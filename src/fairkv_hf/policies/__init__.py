@@ -6,10 +6,16 @@ from typing import Any
 
 from .ada_snapkv import AdaSnapKVPolicy
 from .base import Policy, ScoredPolicy
+from .duoattention import DuoAttentionPolicy
 from .full import FullPolicy
+from .head_budgets import HeadBudgetPolicy
+from .pyramidkv import PyramidKVPolicy
 from .snapkv import SnapKVPolicy
 
-POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (FullPolicy, SnapKVPolicy, AdaSnapKVPolicy)}
+POLICIES: dict[str, type[Policy]] = {
+    cls.name: cls
+    for cls in (FullPolicy, SnapKVPolicy, AdaSnapKVPolicy, PyramidKVPolicy, HeadBudgetPolicy, DuoAttentionPolicy)
+}
 
 
 def get_policy(policy: str | Policy, **options: Any) -> Policy:
@@ -23,4 +29,5 @@ def get_policy(policy: str | Policy, **options: Any) -> Policy:
     return POLICIES[policy](**options)
 
 
-__all__ = ["POLICIES", "AdaSnapKVPolicy", "FullPolicy", "Policy", "ScoredPolicy", "SnapKVPolicy", "get_policy"]
+__all__ = ["POLICIES", "AdaSnapKVPolicy", "DuoAttentionPolicy", "FullPolicy", "HeadBudgetPolicy", "Policy",
+           "PyramidKVPolicy", "ScoredPolicy", "SnapKVPolicy", "get_policy"]

@@ -20,6 +20,10 @@ class Policy(ABC):
     """Decides which prompt tokens each KV head keeps after prefill."""
 
     name: ClassVar[str]
+    uses_budget: ClassVar[bool] = True
+
+    def bind(self, num_layers: int, num_kv_heads: int) -> None:
+        """Called by FairKVCache with the model's shape; policies with per-layer or per-head tables check it here."""
 
     @abstractmethod
     def keep_mask(
@@ -52,6 +56,10 @@ class ScoredPolicy(Policy):
     def allocate(self, scores: torch.Tensor, valid_prefix: torch.Tensor, base: int, layer_idx: int) -> torch.Tensor:
         """Prefix tokens kept per head, LongTensor [B, H_kv], for sequences whose prefix exceeds `base`."""
 
+    def layer_budget(self, budget: int, window: int, layer_idx: int) -> int:
+        """Tokens per head of this layer (window included) that a prompt must exceed to be compressed at all."""
+        return budget
+
     def keep_mask(
         self,
         queries: torch.Tensor,
@@ -65,6 +73,10 @@ class ScoredPolicy(Policy):
         """Window + each head's top `allocate()` prefix tokens; everything valid where the prompt fits the budget."""
         batch, heads, length, _ = keys.shape
         keep_all = valid[:, None, :].expand(batch, heads, length)
+        budget = self.layer_budget(budget, window, layer_idx)
+        if budget < window:
+            raise ValueError(f"{self.name}: layer {layer_idx} keeps {budget} tokens per head, fewer than the window "
+                             f"of {window}: lower the window or raise the budget")
         fits = valid.sum(-1) <= budget
         if bool(fits.all()):
             return keep_all.clone()

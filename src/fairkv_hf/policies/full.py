@@ -14,6 +14,7 @@ class FullPolicy(Policy):
     """No eviction; the budget is ignored."""
 
     name = "full"
+    uses_budget = False
 
     def keep_mask(
         self,
