@@ -35,10 +35,11 @@ class PyramidKVPolicy(SnapKVScoring, ScoredPolicy):
         if self.num_layers is None:
             raise ValueError("PyramidKVPolicy needs the number of layers: use it through FairKVCache or pass num_layers")
         prefix = budget - window
+        if self.num_layers == 1:
+            return budget
         low = prefix // self.beta
         high = 2 * prefix - low
-        step = (high - low) // (self.num_layers - 1) if self.num_layers > 1 else 0
-        return window + (high - layer_idx * step if self.num_layers > 1 else prefix)
+        return window + high - layer_idx * ((high - low) // (self.num_layers - 1))
 
     def allocate(self, scores: torch.Tensor, valid_prefix: torch.Tensor, base: int, layer_idx: int) -> torch.Tensor:
         """Every head of the layer keeps `base` prefix tokens (base already follows the pyramid)."""
