@@ -66,13 +66,39 @@ def _left_padded_attention(
 
 
 def _decode(step: FairKVStep, query: torch.Tensor, scaling: float) -> torch.Tensor:
-    """One new query per sequence over every held segment; query heads of a KV head's group are its rows."""
+    """One new query per sequence over every served segment; query heads of a KV head's group are its rows.
+    Pairs this layer does not serve (a multi-GPU rank's unserved rows) get zeros."""
     layer = step.layer
     batch, q_heads, _, dim = query.shape
+    if q_heads == 0:
+        return query.transpose(1, 2)
     group = q_heads // step.keys.shape[1]
-    q = query.reshape(-1, group, dim)
-    out = decode_attention(q, layer.k_pool, layer.v_pool, layer.block_table, layer.seq_lens, scaling, layer.max_len)
-    return out.view(batch, 1, q_heads, dim)
+    q = layer.segments_of(query.reshape(-1, group, dim))
+    if len(q):
+        out = decode_attention(q, layer.k_pool, layer.v_pool, layer.block_table, layer.seq_lens, scaling, layer.max_len)
+    else:
+        out = q
+    return layer.grid_of(out).view(batch, 1, q_heads, dim)
+
+
+def _prefill(step: FairKVStep, query: torch.Tensor, padding_mask: torch.Tensor | None, scaling: float) -> torch.Tensor:
+    """Dense causal attention over the new tokens, per block of served rows and heads (one block on one process);
+    pairs this layer does not serve get zeros."""
+    layer = step.layer
+    batch, q_heads, length, dim = query.shape
+    if q_heads == 0:
+        return query.transpose(1, 2)
+    if layer.segment_index is None:
+        return dense_attention(query, step.keys, step.values, padding_mask, scaling)
+    group = q_heads // step.keys.shape[1]
+    out = query.new_zeros(batch, length, q_heads, dim)
+    for start, end, heads in layer.heads.row_groups(batch):
+        kv = torch.tensor(heads, device=query.device)
+        qh = (kv[:, None] * group + torch.arange(group, device=query.device)).flatten()
+        mask = padding_mask[start:end] if padding_mask is not None else None
+        out[start:end, :, qh] = dense_attention(query[start:end, qh], step.keys[start:end, kv],
+                                                step.values[start:end, kv], mask, scaling)
+    return out
 
 
 def fairkv_attention_forward(
@@ -92,7 +118,7 @@ def fairkv_attention_forward(
         return dense_attention(query, key, value, attention_mask, scaling), None
     if not key.is_prefill:
         return _decode(key, query, scaling), None
-    out = dense_attention(query, key.keys, key.values, attention_mask, scaling)
+    out = _prefill(key, query, attention_mask, scaling)
     valid = attention_mask.bool() if attention_mask is not None else torch.ones(
         query.shape[0], query.shape[2], dtype=torch.bool, device=query.device
     )

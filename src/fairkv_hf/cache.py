@@ -12,6 +12,7 @@ which reads this store; the cache refuses to run under any other attention (it w
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from .heads import HeadSet
 from .kernels import choose_backend
 from .kernels.append import append_tokens
 from .policies import Policy, get_policy
@@ -41,8 +43,9 @@ class FairKVStep:
 class FairKVLayer(CacheLayerMixin):
     """One decoder layer's per-head variable-length K/V store.
 
-    `head_ids` names the KV heads this layer object holds (all of them by default); a multi-GPU rank may hold
-    only its share. Segments are ordered row-major: segment `b * num_heads + j` is batch row b, held head j.
+    `heads` names the KV heads this layer object holds and the batch rows it serves for each (every head, every
+    row by default; a multi-GPU rank holds its plan's share). Its segments are the served (batch row, held head)
+    pairs in row-major order: on one process, segment `b * num_heads + j` is batch row b, head j.
     """
 
     is_compileable = False
@@ -54,7 +57,7 @@ class FairKVLayer(CacheLayerMixin):
         policy: Policy,
         budget: int | None,
         window: int,
-        head_ids: list[int] | None = None,
+        heads: HeadSet | None = None,
         block_size: int = BLOCK_SIZE,
     ):
         super().__init__()
@@ -62,7 +65,7 @@ class FairKVLayer(CacheLayerMixin):
         self.policy = policy
         self.budget = budget
         self.window = window
-        self.head_ids = head_ids
+        self.heads = heads
         self.block_size = block_size
         self.cumulative_length = 0
         self._clear()
@@ -81,13 +84,39 @@ class FairKVLayer(CacheLayerMixin):
         self.blocks_used = 0
         self.batch_size = 0
         self.num_heads = 0
+        self.served: torch.Tensor | None = None
+        self.segment_index: torch.Tensor | None = None
         self.is_initialized = False
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        """Record shape, dtype and device; storage is allocated at compression time."""
+        """Record shape, dtype, device and which (row, head) pairs are served; storage is allocated at compression."""
         self.batch_size, self.num_heads = key_states.shape[0], key_states.shape[1]
         self.dtype, self.device = key_states.dtype, key_states.device
+        if self.heads is None:
+            self.heads = HeadSet.full(self.num_heads)
+        if len(self.heads.held) != self.num_heads:
+            raise ValueError(f"layer {self.layer_idx} holds {len(self.heads.held)} KV heads but got keys for "
+                             f"{self.num_heads}: the model and the cache were prepared for different plans")
+        self.served = self.heads.served(self.batch_size)
+        every = bool(self.served.all())
+        self.segment_index = None if every else self.served.flatten().nonzero().squeeze(1).to(self.device)
         self.is_initialized = True
+
+    @property
+    def num_segments(self) -> int:
+        """Served (batch row, held head) pairs."""
+        return int(self.served.sum()) if self.served is not None else 0
+
+    def segments_of(self, grid: torch.Tensor) -> torch.Tensor:
+        """Rows of `grid` [B * held heads, ...] (row-major) that are this layer's segments, in segment order."""
+        return grid if self.segment_index is None else grid.index_select(0, self.segment_index)
+
+    def grid_of(self, segments: torch.Tensor) -> torch.Tensor:
+        """Inverse of `segments_of`: [S, ...] -> [B * held heads, ...] with zeros where no segment is served."""
+        if self.segment_index is None:
+            return segments
+        grid = segments.new_zeros(self.batch_size * self.num_heads, *segments.shape[1:])
+        return grid.index_copy_(0, self.segment_index, segments)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
         """Prefill: hand the dense new K/V to the attention (which compresses them); decode: append one token."""
@@ -110,12 +139,13 @@ class FairKVLayer(CacheLayerMixin):
 
     def compress(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor, scaling: float) -> None:
         """Let the policy choose the prompt tokens each KV head keeps, and store only those."""
-        keep = self.policy.keep_mask(queries, keys, valid, scaling, self.budget, self.window, self.layer_idx)
+        keep = self.policy.keep_mask(queries, keys, valid, scaling, self.budget, self.window, self.layer_idx, self.heads)
         self._store(keys, values, keep)
 
     def _store(self, keys: torch.Tensor, values: torch.Tensor, keep: torch.Tensor) -> None:
-        segments = keep.shape[0] * keep.shape[1]
-        lengths = keep.sum(-1).reshape(segments)
+        """Copy the kept tokens of every segment into freshly allocated blocks (a segment's tokens stay in order)."""
+        keep = self.segments_of(keep.reshape(-1, keep.shape[-1]))
+        lengths = keep.sum(-1)
         self.stored_lens = lengths.cpu()
         self.steps = 0
         self._stored_total = int(self.stored_lens.sum())
@@ -123,17 +153,18 @@ class FairKVLayer(CacheLayerMixin):
         self._append_backend = "triton" if choose_backend(keys.device) == "triton" else "reference"
         blocks = (self.stored_lens + self.block_size - 1) // self.block_size
         first_block = torch.cumsum(blocks, 0) - blocks
-        self.max_len = int(self.stored_lens.max())
-        columns = torch.arange(max(int(blocks.max()), 1))
+        self.max_len = int(self.stored_lens.max()) if len(blocks) else 0
+        columns = torch.arange(max(int(blocks.max()) if len(blocks) else 0, 1))
         block_table = torch.where(columns < blocks[:, None], first_block[:, None] + columns, 0)
         self.blocks_used = int(blocks.sum())
         dim = keys.shape[-1]
         self.k_pool = keys.new_empty(self.blocks_used, self.block_size, dim)
         self.v_pool = values.new_empty(self.blocks_used, self.block_size, dim)
         rank = torch.cumsum(keep, -1) - 1
-        b, h, pos = keep.nonzero(as_tuple=True)
-        seg = b * keep.shape[1] + h
-        dest = first_block.to(keys.device)[seg] * self.block_size + rank[b, h, pos]
+        seg, pos = keep.nonzero(as_tuple=True)
+        dest = first_block.to(keys.device)[seg] * self.block_size + rank[seg, pos]
+        grid = seg if self.segment_index is None else self.segment_index[seg]
+        b, h = grid // self.num_heads, grid % self.num_heads
         self.k_pool.view(-1, dim)[dest] = keys[b, h, pos]
         self.v_pool.view(-1, dim)[dest] = values[b, h, pos]
         self.block_table = block_table.to(device=keys.device, dtype=torch.int32)
@@ -149,8 +180,11 @@ class FairKVLayer(CacheLayerMixin):
         if new_blocks:
             self._reserve(new_blocks)
         dim = key_states.shape[-1]
-        append_tokens(self.k_pool, self.v_pool, self.block_table, self.seq_lens, key_states.reshape(-1, dim).contiguous(),
-                      value_states.reshape(-1, dim).contiguous(), self.blocks_used, new_blocks, self._append_backend)
+        keys = self.segments_of(key_states.reshape(-1, dim)).contiguous()
+        values = self.segments_of(value_states.reshape(-1, dim)).contiguous()
+        if len(keys):
+            append_tokens(self.k_pool, self.v_pool, self.block_table, self.seq_lens, keys, values, self.blocks_used,
+                          new_blocks, self._append_backend)
         self.blocks_used += new_blocks
         self.steps += 1
         self.max_len += 1
@@ -174,16 +208,30 @@ class FairKVLayer(CacheLayerMixin):
             setattr(self, name, new)
 
     def segment(self, batch_row: int, head: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stored keys and values [length, D] of one segment, in prompt order then generated order (for inspection)."""
-        seg = batch_row * self.num_heads + head
+        """Stored keys and values [length, D] of batch row `batch_row` and global KV head `head`, in prompt order then
+        generated order (for inspection)."""
+        if head not in self.heads.ids or not bool(self.served[batch_row, self.heads.ids.index(head)]):
+            raise ValueError(f"layer {self.layer_idx} does not serve batch row {batch_row} of KV head {head} here")
+        grid = batch_row * self.num_heads + self.heads.ids.index(head)
+        seg = int(self.served.flatten()[:grid].sum())
         length = int(self.stored_lens[seg]) + self.steps
         blocks = self.block_table[seg, : -(-length // self.block_size)].long()
         dim = self.k_pool.shape[-1]
         return self.k_pool[blocks].reshape(-1, dim)[:length], self.v_pool[blocks].reshape(-1, dim)[:length]
 
     def kept_lengths(self) -> torch.Tensor:
-        """Tokens stored per (batch row, held KV head), LongTensor [batch, heads]."""
-        return (self.stored_lens + self.steps).view(self.batch_size, self.num_heads)
+        """Tokens stored per (batch row, KV head of the layer), LongTensor [batch, num_heads] in global head order;
+        0 for the pairs this layer does not serve (another process does)."""
+        if self.served is None:
+            return torch.zeros(0, 0, dtype=torch.long)
+        local = torch.zeros(self.batch_size * self.num_heads, dtype=torch.long)
+        local[self.served.flatten()] = self.stored_lens + self.steps
+        local = local.view(self.batch_size, self.num_heads)
+        if self.heads.is_full:
+            return local
+        kept = torch.zeros(self.batch_size, self.heads.num_heads, dtype=torch.long)
+        kept[:, self.heads.ids] = local
+        return kept
 
     def nbytes(self) -> int:
         """Bytes allocated for K and V, reserved capacity included."""
@@ -275,7 +323,7 @@ class FairKVCache(Cache):
                 f"FairKVCache supports model types {SUPPORTED_MODEL_TYPES}, got {config.model_type!r}: its attention "
                 "must call past_key_values.update() right before the attention function, as Llama does."
             )
-        self.policy = get_policy(policy, **policy_options)
+        self.policy = copy.deepcopy(get_policy(policy, **policy_options))
         self.policy.bind(config.num_hidden_layers, config.num_key_value_heads or config.num_attention_heads)
         if self.policy.uses_budget:
             if budget is None or budget <= 0:
@@ -287,7 +335,9 @@ class FairKVCache(Cache):
         self.config = config
         self.sliding_window = _sliding_window(config)
         model.set_attn_implementation(ATTN_IMPLEMENTATION)
-        layers = [FairKVLayer(i, self.policy, budget, window) for i in range(config.num_hidden_layers)]
+        layout = getattr(model, "fairkv_layout", None)
+        layers = [FairKVLayer(i, self.policy, budget, window, layout.heads[i] if layout is not None else None)
+                  for i in range(config.num_hidden_layers)]
         super().__init__(layers=layers)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
@@ -308,9 +358,16 @@ class FairKVCache(Cache):
         return layer.update(key_states, value_states, *args, **kwargs)
 
     def kept_lengths(self) -> torch.Tensor:
-        """Tokens stored per head, LongTensor [num_layers, batch, num_kv_heads]."""
-        return torch.stack([layer.kept_lengths() for layer in self.layers])
+        """Tokens stored per head, LongTensor [num_layers, batch, num_kv_heads]. On a head-parallel model
+        (fairkv_hf.parallel) every process holds a share: this sums the shares, so call it on every process."""
+        kept = torch.stack([layer.kept_lengths() for layer in self.layers])
+        heads = self.layers[0].heads
+        if heads is not None and heads.distributed:
+            kept = kept.to(self.layers[0].device)
+            heads.all_reduce(kept)
+            kept = kept.cpu()
+        return kept
 
     def nbytes(self) -> int:
-        """Bytes allocated for K/V storage over all layers, reserved capacity included."""
+        """Bytes allocated for K/V storage over all layers, reserved capacity included (this process's share)."""
         return sum(layer.nbytes() for layer in self.layers)

@@ -24,13 +24,13 @@ GPU order. A replica left with no rows is skipped by the executor and costs noth
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fairkv_hf.ranking import batch_rows
 from fairkv_hf.placement.bounds import layer_lower_bound
 from fairkv_hf.placement.cost import CostModel, GpuLoads
 from fairkv_hf.placement.profile import HeadLoadProfile
@@ -61,6 +61,23 @@ class Plan:
     layers: list[list[list[Placement]]]
     cost: CostModel = field(default_factory=CostModel)
     step_lower_bound_s: float = 0.0
+    kind: str = "fairkv"
+
+    def row_ranges(self, batch: int) -> list[list[list[tuple[int, int, int]]]]:
+        """Per layer and KV head, its replicas as (gpu, start, end): contiguous batch rows in GPU order, rounded by
+        largest remainder; a replica may get no rows (start == end) when a head has more replicas than rows."""
+        if batch < 1:
+            raise ValueError(f"batch must be a positive number of rows, got {batch}")
+        out = []
+        for layer in self.layers:
+            heads = []
+            for pieces in layer:
+                pieces = sorted(pieces, key=lambda p: p.gpu)
+                rows = batch_rows([p.batch_fraction for p in pieces], batch)
+                starts = np.cumsum([0, *rows])
+                heads.append([(p.gpu, int(starts[i]), int(starts[i + 1])) for i, p in enumerate(pieces)])
+            out.append(heads)
+        return out
 
     def loads(self, profile: HeadLoadProfile | None = None) -> GpuLoads:
         """KV tokens and weight bytes each GPU reads per layer under this plan, with the plan's profile or
@@ -122,6 +139,7 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         """The plan file: the figures, the settings, the profile and the placements."""
         return {
+            "kind": self.kind,
             "gpus": self.gpus,
             **self.figures(),
             "batch": self.batch,
@@ -143,13 +161,25 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
-        """Read and validate a plan file written by `save`."""
-        data = json.loads(Path(path).read_text())
+        """Read and validate a plan file written by `save`; errors name the file and the place that is wrong."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"plan file {path}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError, ValueError) as err:
+            message = f"lacks the key {err}" if isinstance(err, KeyError) else str(err)
+            raise ValueError(f"plan file {path}: {message}") from None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        """A plan from the object `to_dict` writes (validated)."""
         layers = []
         for l, layer in enumerate(data["layers"]):
             heads = sorted(layer, key=lambda e: e["kv_head"])
             if [e["kv_head"] for e in heads] != list(range(len(heads))):
-                raise ValueError(f"plan file layer {l}: kv_head ids must be 0..{len(heads) - 1} once each")
+                raise ValueError(f"layer {l}: kv_head ids must be 0..{len(heads) - 1} once each")
             layers.append([[Placement(int(p["gpu"]), float(p["batch_fraction"])) for p in e["placements"]] for e in heads])
         plan = cls(
             profile=HeadLoadProfile.from_dict(data["profile"]),
@@ -160,19 +190,10 @@ class Plan:
             layers=layers,
             cost=CostModel(**data["cost_model"]),
             step_lower_bound_s=float(data["step_lower_bound_s"]),
+            kind=str(data.get("kind", "fairkv")),
         )
         plan.validate()
         return plan
-
-
-def batch_rows(fractions: list[float], batch: int) -> list[int]:
-    """Whole rows per replica by largest remainder (ties to the earlier replica); they sum to ``batch``."""
-    exact = [f * batch for f in fractions]
-    rows = [math.floor(x + 1e-9) for x in exact]
-    order = sorted(range(len(fractions)), key=lambda i: (-(exact[i] - rows[i]), i))
-    for i in order[: batch - sum(rows)]:
-        rows[i] += 1
-    return rows
 
 
 def _loads(profile: HeadLoadProfile, gpus: int, cost: CostModel, layers: list) -> GpuLoads:
@@ -204,6 +225,28 @@ def standard_tp_loads(profile: HeadLoadProfile, gpus: int, cost: CostModel | Non
             kv[:, part] = profile.tokens[:, [h]]
             weights[:, part] = kv_weight + 2 * group / len(part) * profile.head_dim * profile.hidden_size * cost.dtype_bytes
     return GpuLoads(kv, weights)
+
+
+def standard_plan(profile: HeadLoadProfile, gpus: int, batch: int = 32, cost: CostModel | None = None) -> Plan:
+    """Standard tensor parallelism as a Plan: KV heads split contiguously (``numpy.array_split``). With more GPUs
+    than KV heads each head is copied on a contiguous group of GPUs, each copy serving an equal share of the batch
+    rows (vLLM instead splits the head's query heads over its GPUs, each reading the head's whole KV: see
+    `standard_tp_loads`; the executor runs batch shares)."""
+    cost = cost or CostModel()
+    if not isinstance(gpus, (int, np.integer)) or gpus < 1:
+        raise ValueError(f"the number of GPUs must be a positive integer, got {gpus!r}")
+    heads = profile.num_kv_heads
+    if gpus <= heads:
+        owner = {int(h): g for g, part in enumerate(np.array_split(np.arange(heads), gpus)) for h in part}
+        layer = [[Placement(owner[h], 1.0)] for h in range(heads)]
+    else:
+        layer = [[Placement(int(g), 1.0 / len(part)) for g in part] for part in np.array_split(np.arange(gpus), heads)]
+    alpha, beta = cost.coefficients(profile, batch)
+    bound = sum(layer_lower_bound(alpha * t, beta, gpus, gpus - 1) for t in profile.tokens)
+    plan = Plan(profile, gpus, batch, "time", gpus - 1, [[list(h) for h in layer] for _ in range(profile.num_layers)],
+                cost, bound + cost.constant_s * profile.num_layers, kind="standard")
+    plan.validate()
+    return plan
 
 
 def _solve_all(profile: HeadLoadProfile, gpus: int, batch: int, copies: int, cost: CostModel, objective: str):
@@ -263,6 +306,8 @@ def make_plan(
             f"batch or use more GPUs"
         )
     step_bound = bound + cost.constant_s * profile.num_layers if objective == "time" else 0.0
-    plan = Plan(profile, gpus, batch, objective, k, [[[Placement(g, x) for g, x in p] for p in l] for l in layers], cost, step_bound)
+    kind = "best_effort" if k == 0 else "fairkv"
+    plan = Plan(profile, gpus, batch, objective, k, [[[Placement(g, x) for g, x in p] for p in l] for l in layers], cost,
+                step_bound, kind)
     plan.validate(mem_gib)
     return plan

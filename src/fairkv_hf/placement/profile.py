@@ -106,10 +106,7 @@ class HeadLoadProfile:
         transformers config (num_hidden_layers, num_attention_heads, num_key_value_heads, hidden_size and
         head_dim, which defaults to hidden_size // num_attention_heads as in Llama).
         """
-        num_q = int(config.num_attention_heads)
-        num_kv = int(getattr(config, "num_key_value_heads", None) or num_q)
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_q
-        shape = (int(config.num_hidden_layers), num_kv)
+        shape = _config_shape(config)[:2]
         if not kept:
             raise ValueError("from_kept_lengths needs at least one kept_lengths() tensor; got none")
         for i, k in enumerate(kept):
@@ -122,14 +119,22 @@ class HeadLoadProfile:
         rows = sum(k.shape[1] for k in kept)
         if rows == 0:
             raise ValueError("from_kept_lengths got only empty batches (batch size 0)")
-        return cls(
-            model=model_name,
-            num_layers=shape[0],
-            num_query_heads=num_q,
-            num_kv_heads=num_kv,
-            head_dim=int(head_dim),
-            hidden_size=int(config.hidden_size),
-            budget=float(budget),
-            tokens=(total / rows).numpy(),
-        )
+        return cls.from_config(model_name, config, (total / rows).numpy(), budget)
+
+    @classmethod
+    def from_config(cls, model_name: str, config: Any, tokens: np.ndarray | float, budget: float) -> HeadLoadProfile:
+        """A profile of a transformers config's shape with the given tokens per (layer, KV head), or the same number
+        for every head (a uniform load, e.g. for the standard-TP plan of a model nobody profiled)."""
+        layers, kv_heads, q_heads, head_dim = _config_shape(config)
+        return cls(model=model_name, num_layers=layers, num_query_heads=q_heads, num_kv_heads=kv_heads,
+                   head_dim=head_dim, hidden_size=int(config.hidden_size), budget=float(budget),
+                   tokens=np.broadcast_to(np.asarray(tokens, dtype=np.float64), (layers, kv_heads)).copy())
+
+
+def _config_shape(config: Any) -> tuple[int, int, int, int]:
+    """(layers, KV heads, query heads, head_dim) of a transformers config (head_dim defaults as in Llama)."""
+    num_q = int(config.num_attention_heads)
+    num_kv = int(getattr(config, "num_key_value_heads", None) or num_q)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_q
+    return int(config.num_hidden_layers), num_kv, num_q, int(head_dim)
 

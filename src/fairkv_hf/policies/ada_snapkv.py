@@ -6,16 +6,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import ScoredPolicy, rank_descending
+from ..heads import HeadSet
+from ..ranking import largest_remainder, rank_descending
+from .base import ScoredPolicy
 from .scores import SnapKVScoring
 
-
-def largest_remainder(shares: torch.Tensor, total: int) -> torch.Tensor:
-    """Round non-negative real shares [B, H] (each row summing to `total`) to integers with the same row sums."""
-    floors = shares.floor()
-    missing = total - floors.sum(-1, keepdim=True)
-    bonus = rank_descending(shares - floors) < missing
-    return (floors + bonus).long()
 
 
 @dataclass
@@ -33,9 +28,14 @@ class AdaSnapKVPolicy(SnapKVScoring, ScoredPolicy):
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha (the uniform floor fraction) must be in [0, 1], got {self.alpha}")
 
-    def allocate(self, scores: torch.Tensor, valid_prefix: torch.Tensor, base: int, layer_idx: int) -> torch.Tensor:
-        """Joint top-k over all heads of the layer, per sequence, then the alpha floor."""
-        batch, heads, prefix = scores.shape
-        joint = rank_descending(scores.reshape(batch, heads * prefix)) < heads * base
-        counts = joint.reshape(batch, heads, prefix).sum(-1).double()
-        return largest_remainder((1.0 - self.alpha) * counts + self.alpha * base, heads * base)
+    def allocate(
+        self, scores: torch.Tensor, valid_prefix: torch.Tensor, base: int, layer_idx: int, heads: HeadSet
+    ) -> torch.Tensor:
+        """Joint top-k over all heads of the layer (every head's scores, through `heads.gather`), per sequence,
+        then the alpha floor; the held heads' counts."""
+        scores = heads.gather(scores)
+        batch, num_heads, prefix = scores.shape
+        joint = rank_descending(scores.reshape(batch, num_heads * prefix)) < num_heads * base
+        counts = joint.reshape(batch, num_heads, prefix).sum(-1).double()
+        counts = largest_remainder((1.0 - self.alpha) * counts + self.alpha * base, num_heads * base)
+        return counts[:, heads.ids]

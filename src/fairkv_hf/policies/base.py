@@ -7,13 +7,8 @@ from typing import ClassVar
 
 import torch
 
-
-def rank_descending(scores: torch.Tensor) -> torch.Tensor:
-    """Rank of every entry along the last axis, 0 = highest score; ties go to the lower index (deterministic)."""
-    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
-    ranks = torch.empty_like(order)
-    ranks.scatter_(-1, order, torch.arange(scores.shape[-1], device=scores.device).expand_as(order))
-    return ranks
+from ..heads import HeadSet
+from ..ranking import rank_descending
 
 
 class Policy(ABC):
@@ -35,8 +30,13 @@ class Policy(ABC):
         budget: int,
         window: int,
         layer_idx: int,
+        heads: HeadSet | None = None,
     ) -> torch.Tensor:
-        """Boolean [B, H_kv, L]: which prompt tokens each KV head keeps (valid = [B, L] non-padding mask)."""
+        """Boolean [B, H_kv, L]: which prompt tokens each held KV head keeps (valid = [B, L] non-padding mask).
+
+        `heads` says which of the layer's KV heads `keys` holds (global ids; all of them when None): tables are
+        indexed by global head id, and budgets that couple the heads of a layer go through `heads.gather`.
+        """
 
 
 class ScoredPolicy(Policy):
@@ -53,8 +53,10 @@ class ScoredPolicy(Policy):
         """Importance [B, H_kv, L - window] of prefix tokens from queries [B, H_q, L, D] and keys [B, H_kv, L, D]."""
 
     @abstractmethod
-    def allocate(self, scores: torch.Tensor, valid_prefix: torch.Tensor, base: int, layer_idx: int) -> torch.Tensor:
-        """Prefix tokens kept per head, LongTensor [B, H_kv], for sequences whose prefix exceeds `base`."""
+    def allocate(
+        self, scores: torch.Tensor, valid_prefix: torch.Tensor, base: int, layer_idx: int, heads: HeadSet
+    ) -> torch.Tensor:
+        """Prefix tokens kept per held head, LongTensor [B, H_held], for sequences whose prefix exceeds `base`."""
 
     def layer_budget(self, budget: int, window: int, layer_idx: int) -> int:
         """Tokens per head of this layer (window included) that a prompt must exceed to be compressed at all."""
@@ -69,10 +71,12 @@ class ScoredPolicy(Policy):
         budget: int,
         window: int,
         layer_idx: int,
+        heads: HeadSet | None = None,
     ) -> torch.Tensor:
         """Window + each head's top `allocate()` prefix tokens; everything valid where the prompt fits the budget."""
-        batch, heads, length, _ = keys.shape
-        keep_all = valid[:, None, :].expand(batch, heads, length)
+        batch, held, length, _ = keys.shape
+        heads = heads or HeadSet.full(held)
+        keep_all = valid[:, None, :].expand(batch, held, length)
         budget = self.layer_budget(budget, window, layer_idx)
         if budget < window:
             raise ValueError(f"{self.name}: layer {layer_idx} keeps {budget} tokens per head, fewer than the window "
@@ -84,7 +88,7 @@ class ScoredPolicy(Policy):
         valid_prefix = valid[:, :prefix]
         scores = self.score(queries, keys, valid, scaling, window)
         scores = scores.masked_fill(~valid_prefix[:, None, :], float("-inf"))
-        counts = self.allocate(scores, valid_prefix, budget - window, layer_idx)
+        counts = self.allocate(scores, valid_prefix, budget - window, layer_idx, heads)
         keep_prefix = rank_descending(scores) < counts[:, :, None]
         keep = torch.cat([keep_prefix & valid_prefix[:, None, :], keep_all[:, :, prefix:]], dim=-1)
         return torch.where(fits[:, None, None], keep_all, keep)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..heads import HeadSet
 from .base import Policy
 
 
@@ -62,11 +63,14 @@ class DuoAttentionPolicy(Policy):
         budget: int | None,
         window: int,
         layer_idx: int,
+        heads: HeadSet | None = None,
     ) -> torch.Tensor:
-        """Retrieval heads: every valid token; streaming heads: the first `sink` and last `recent` valid tokens."""
-        batch, heads, length, _ = keys.shape
+        """Retrieval heads: every valid token; streaming heads: the first `sink` and last `recent` valid tokens (per held
+        head, by global id)."""
+        batch, heads_held, length, _ = keys.shape
         seen = valid.long().cumsum(-1)
         total = seen[:, -1:]
         streaming = valid & ((seen <= self.sink) | (total - seen < self.recent))
-        retrieval = torch.as_tensor(self.retrieval[layer_idx], device=keys.device)[None, :, None]
-        return torch.where(retrieval, valid[:, None, :], streaming[:, None, :]).expand(batch, heads, length).clone()
+        ids = heads.ids if heads is not None else list(range(heads_held))
+        retrieval = torch.as_tensor(self.retrieval[layer_idx, ids], device=keys.device)[None, :, None]
+        return torch.where(retrieval, valid[:, None, :], streaming[:, None, :]).expand(batch, heads_held, length).clone()

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..heads import HeadSet
 from .base import Policy
 
 
@@ -25,6 +26,7 @@ class FullPolicy(Policy):
         budget: int,
         window: int,
         layer_idx: int,
+        heads: HeadSet | None = None,
     ) -> torch.Tensor:
         """Every non-padding token, for every head."""
         return valid[:, None, :].expand(keys.shape[0], keys.shape[1], keys.shape[2]).clone()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..heads import HeadSet
 from .base import ScoredPolicy
 from .scores import SnapKVScoring
 
@@ -44,8 +45,10 @@ class HeadBudgetPolicy(SnapKVScoring, ScoredPolicy):
         """The smallest head budget of the layer: a prompt within it is kept whole by every head."""
         return int(self.tokens[layer_idx].min())
 
-    def allocate(self, scores: torch.Tensor, valid_prefix: torch.Tensor, base: int, layer_idx: int) -> torch.Tensor:
-        """Each head's own budget minus the window (base = the layer's smallest budget minus the window)."""
+    def allocate(
+        self, scores: torch.Tensor, valid_prefix: torch.Tensor, base: int, layer_idx: int, heads: HeadSet
+    ) -> torch.Tensor:
+        """Each held head's own budget minus the window (base = the layer's smallest budget minus the window)."""
         window = int(self.tokens[layer_idx].min()) - base
-        counts = torch.as_tensor(self.tokens[layer_idx] - window, dtype=torch.long, device=scores.device)
+        counts = torch.as_tensor(self.tokens[layer_idx, heads.ids] - window, dtype=torch.long, device=scores.device)
         return counts.expand(scores.shape[0], -1)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..heads import HeadSet
 from .base import ScoredPolicy
 from .scores import SnapKVScoring
 
@@ -41,6 +42,8 @@ class PyramidKVPolicy(SnapKVScoring, ScoredPolicy):
         high = 2 * prefix - low
         return window + high - layer_idx * ((high - low) // (self.num_layers - 1))
 
-    def allocate(self, scores: torch.Tensor, valid_prefix: torch.Tensor, base: int, layer_idx: int) -> torch.Tensor:
+    def allocate(
+        self, scores: torch.Tensor, valid_prefix: torch.Tensor, base: int, layer_idx: int, heads: HeadSet
+    ) -> torch.Tensor:
         """Every head of the layer keeps `base` prefix tokens (base already follows the pyramid)."""
         return torch.full(scores.shape[:2], base, dtype=torch.long, device=scores.device)

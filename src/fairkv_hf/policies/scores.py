@@ -20,6 +20,8 @@ def window_attention_scores(
     """Scores [B, H_kv, L - window]: softmax of the last `window` queries over all keys (causal inside the window,
     padding masked), averaged over the window, reduced over each KV head's query group, max-pooled along tokens."""
     batch, kv_heads, length, dim = keys.shape
+    if kv_heads == 0:  # a multi-GPU rank holding no head of this layer: nothing to score
+        return keys.new_zeros(batch, 0, length - window, dtype=torch.float32)
     group = queries.shape[1] // kv_heads
     q = queries[:, :, -window:].reshape(batch, kv_heads, group, window, dim).float()
     logits = torch.einsum("bhgwd,bhld->bhgwl", q, keys.float()) * scaling

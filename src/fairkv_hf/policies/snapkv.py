@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..heads import HeadSet
 from .base import ScoredPolicy
 from .scores import SnapKVScoring
 
@@ -16,6 +17,8 @@ class SnapKVPolicy(SnapKVScoring, ScoredPolicy):
 
     name = "snapkv"
 
-    def allocate(self, scores: torch.Tensor, valid_prefix: torch.Tensor, base: int, layer_idx: int) -> torch.Tensor:
+    def allocate(
+        self, scores: torch.Tensor, valid_prefix: torch.Tensor, base: int, layer_idx: int, heads: HeadSet
+    ) -> torch.Tensor:
         """Every head keeps `base` prefix tokens."""
         return torch.full(scores.shape[:2], base, dtype=torch.long, device=scores.device)
