@@ -1,0 +1,63 @@
+"""Spawned by tests/test_parallel.py: one rank of a gloo process group running a list of generation cases.
+
+Each case names a model family, a policy, a plan (name or head device map) and prompt lengths; the rank prepares a
+fresh tiny model (same seed as the single-process reference), generates, and writes its tokens and gathered kept
+lengths to `<out>/<case>.<rank>.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+NEW_TOKENS = 6
+WINDOW = 4
+
+
+def policy_of(name: str):
+    """A policy by test name: the budgeted ones by name, head_budgets with a fixed [2 layers x 2 heads] table."""
+    from fairkv_hf import HeadBudgetPolicy
+
+    if name == "head_budgets":
+        return HeadBudgetPolicy(tokens=[[6, 14], [11, 7]])
+    return name
+
+
+def generate(model, case: dict, seed: int = 0) -> dict:
+    """Greedy (or seeded sampling) generation of one case with a FairKVCache; tokens and kept lengths."""
+    from fairkv_hf import FairKVCache
+    from tests.conftest import left_padded
+
+    ids, mask = left_padded(case["lengths"])
+    cache = FairKVCache(model, policy=policy_of(case["policy"]), budget=10, window=WINDOW)
+    torch.manual_seed(seed)
+    out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), past_key_values=cache,
+                         max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=case.get("sample", False))
+    return {"tokens": out[:, ids.shape[1]:].tolist(), "kept": cache.kept_lengths().tolist()}
+
+
+def run_rank(rank: int, world_size: int, port: int, cases: list[dict], out_dir: str) -> None:
+    """Join the group, then run every case on this rank (every rank runs the same list in the same order)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=120))
+    import warnings
+
+    warnings.simplefilter("ignore", FutureWarning)
+    from fairkv_hf import parallel
+    from tests.conftest import tiny_model
+
+    try:
+        for case in cases:
+            model = tiny_model(case["family"], layers=2, seed=case.get("model_seed", 0))
+            model = parallel.prepare(model, case["plan"], mlp=case.get("mlp", "split"))
+            result = generate(model, case, seed=case.get("seed", 0))
+            Path(out_dir, f"{case['name']}.{rank}.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()
