@@ -3,7 +3,7 @@
 Launch: torchrun --nproc-per-node 2 bench/parallel_agreement.py --out DIR [--smollm2-gguf FILE --prompts FILE]
 
 For each model (the real SmolLM2-135M-Instruct from its GGUF file, bf16 and float32; a random-weight Llama-3.1-8B
-shape, bf16), rank 0 first generates on its GPU alone (the reference, logits kept), then every rank runs the same
+shape, bf16, and at 8 layers in float32 as the control that shows bf16 divergences are numerical), rank 0 first generates on its GPU alone (the reference, logits kept), then every rank runs the same
 batch head-parallel under three plans: standard (contiguous KV heads), fairkv (planned from the kept lengths the
 reference just measured: the balance the planner gets on this very input) and replicated (head 0 of every layer on
 every rank, batch rows split). Where a sequence's tokens differ from the reference, the first differing step is
@@ -48,8 +48,9 @@ def build(name: str, args: argparse.Namespace, device: torch.device, dtype: torc
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
         return model.to(device).eval(), tokenizer
+    layers = args.fp32_layers if dtype == torch.float32 else args.layers
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(llama8b_config(args.layers), dtype=dtype, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_config(llama8b_config(layers), dtype=dtype, attn_implementation="sdpa")
     return model.eval(), None
 
 
@@ -115,7 +116,7 @@ def replicated_map(config) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="smollm2-bf16,smollm2-fp32,llama8b-bf16")
+    parser.add_argument("--models", default="smollm2-bf16,smollm2-fp32,llama8b-bf16,llama8b-fp32")
     parser.add_argument("--smollm2-gguf", default=".carry/SmolLM2-135M-Instruct.Q4_1.gguf")
     parser.add_argument("--prompts", default=".carry/prompts.jsonl")
     parser.add_argument("--policy", default="ada_snapkv")
@@ -124,6 +125,7 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=4096, help="prompt tokens of the random-weight model")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--layers", type=int, default=32, help="depth of the random-weight model (32 = Llama-3.1-8B)")
+    parser.add_argument("--fp32-layers", type=int, default=8, help="its depth in float32 (the control run; memory)")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results")))
     args = parser.parse_args()
     transformers.utils.logging.disable_progress_bar()
