@@ -61,3 +61,54 @@ def run_rank(rank: int, world_size: int, port: int, cases: list[dict], out_dir: 
             Path(out_dir, f"{case['name']}.{rank}.json").write_text(json.dumps(result))
     finally:
         dist.destroy_process_group()
+
+
+def longbench_batch(tokenizer, records: int = 2, max_length: int = 2000) -> dict:
+    """The first `records` multifieldqa_en records of the shared LongBench folder as the official prompts (cut to
+    `max_length` tokens, chat template), left-padded."""
+    from fairkv_hf.eval.data import default_data_dir, load_configs, load_task
+    from fairkv_hf.eval.prompting import build_prompt_ids
+
+    data_dir = default_data_dir()
+    template = load_configs(data_dir / "config")["multifieldqa_en"].template
+    prompts = [build_prompt_ids(template, record, tokenizer, max_length, chat=True)
+               for record in load_task("multifieldqa_en", data_dir).select(range(records))]
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), tokenizer.pad_token_id or 0, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):] = torch.tensor(p)
+        mask[row, width - len(p):] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def smollm2_generate(model, tokenizer, plan_name: str) -> dict:
+    """Greedy tokens and kept lengths of SmolLM2 on the LongBench batch with Ada-SnapKV at budget 128."""
+    from fairkv_hf import FairKVCache
+
+    inputs = longbench_batch(tokenizer)
+    cache = FairKVCache(model, policy="ada_snapkv", budget=128)
+    out = model.generate(**inputs, past_key_values=cache, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    return {"tokens": out[:, inputs["input_ids"].shape[1]:].tolist(), "kept": cache.kept_lengths().tolist(),
+            "prompt_tokens": inputs["attention_mask"].sum(-1).tolist(), "plan": plan_name}
+
+
+def run_smollm2_rank(rank: int, world_size: int, port: int, plans: dict, out_dir: str) -> None:
+    """One rank of the real-model check: every plan in turn on a freshly loaded SmolLM2."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=300))
+    import warnings
+
+    warnings.simplefilter("ignore", FutureWarning)
+    from fairkv_hf import load_model, parallel
+
+    try:
+        for name, plan in plans.items():
+            model, tokenizer = load_model("smollm2-135m-instruct")
+            model = parallel.prepare(model, plan)
+            result = smollm2_generate(model, tokenizer, name)
+            Path(out_dir, f"smollm2-{name}.{rank}.json").write_text(json.dumps(result))
+    finally:
+        dist.destroy_process_group()

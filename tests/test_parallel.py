@@ -18,12 +18,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.conftest import tiny_model
-from tests.parallel_worker import generate, run_rank
+from tests.conftest import SHARED, tiny_model
+from tests.parallel_worker import generate, run_rank, run_smollm2_rank, smollm2_generate
 
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3"]
 POLICIES = ["full", "snapkv", "ada_snapkv", "pyramidkv", "head_budgets"]
 LENGTHS = {1: [19], 2: [23, 14], 5: [21, 9, 17, 25, 12]}
+SHARED_LONGBENCH = SHARED / "data" / "longbench"
 
 
 def _map(layer0: list, layer1: list) -> dict:
@@ -48,9 +49,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawn(world_size: int, cases: list[dict], out_dir, timeout_s: float = 600) -> None:
+def _spawn(world_size: int, cases, out_dir, timeout_s: float = 600, target=run_rank) -> None:
     """Run the cases on `world_size` spawned gloo ranks; fail (not hang) if they do not finish in time."""
-    context = mp.start_processes(run_rank, args=(world_size, _free_port(), cases, str(out_dir)), nprocs=world_size,
+    context = mp.start_processes(target, args=(world_size, _free_port(), cases, str(out_dir)), nprocs=world_size,
                                  join=False, start_method="spawn")
     deadline = time.monotonic() + timeout_s
     try:
@@ -78,11 +79,50 @@ def test_tokens_and_kept_lengths_match_one_process(world_size: int, tmp_path) ->
          "lengths": LENGTHS[batch]}
         for family, policy, plan, batch in itertools.product(FAMILIES, POLICIES, PLANS[world_size], LENGTHS)
     ]
+    cases += [  # MLP and lm_head kept whole on every rank; seeded sampling (every rank must draw the same tokens)
+        {"name": f"{family}-replicate-mlp", "family": family, "policy": "ada_snapkv", "plan": PLANS[world_size]["replicated"],
+         "lengths": LENGTHS[5], "mlp": "replicate"} for family in FAMILIES
+    ] + [
+        {"name": f"{family}-sample-{seed}", "family": family, "policy": "ada_snapkv", "plan": PLANS[world_size]["replicated"],
+         "lengths": LENGTHS[5], "sample": True, "seed": seed} for family in FAMILIES for seed in (0, 1)
+    ]
     torch.set_num_threads(1)
     _spawn(world_size, cases, tmp_path)
     for case in cases:
+        got = [json.loads((tmp_path / f"{case['name']}.{rank}.json").read_text()) for rank in range(world_size)]
+        assert all(g == got[0] for g in got), f"{case['name']}: the ranks disagree"
+        if case.get("sample"):
+            continue
         expected = _reference(case)
-        for rank in range(world_size):
-            got = json.loads((tmp_path / f"{case['name']}.{rank}.json").read_text())
-            assert got["tokens"] == expected["tokens"], f"{case['name']} rank {rank}"
-            assert got["kept"] == expected["kept"], f"{case['name']} rank {rank}"
+        assert got[0]["tokens"] == expected["tokens"], case["name"]
+        assert got[0]["kept"] == expected["kept"], case["name"]
+
+
+@pytest.mark.slow
+def test_smollm2_on_three_processes_with_a_longbench_prompt(tmp_path) -> None:
+    """The real SmolLM2 (9 query / 3 KV heads, 30 layers) on 3 ranks: the standard split (one KV head each) and a
+    FairKV plan with copies, on two 2K-token LongBench prompts with Ada-SnapKV at budget 128."""
+    import numpy as np
+
+    from fairkv_hf import load_model
+    from fairkv_hf.placement import HeadLoadProfile, make_plan
+
+    if not SHARED_LONGBENCH.is_dir():
+        pytest.fail(f"the LongBench records in {SHARED_LONGBENCH} are part of the test setup")
+    model, tokenizer = load_model("smollm2-135m-instruct")  # converts the packaged model once, before the ranks start
+    skew = np.tile([[400.0, 100.0, 60.0]], (model.config.num_hidden_layers, 1))
+    plan = make_plan(HeadLoadProfile.from_config("smollm2", model.config, skew, 128), 3, batch=2, objective="balance")
+    assert sum(len(h) - 1 for layer in plan.layers for h in layer) > 0, "the FairKV plan should copy heavy heads"
+    plan_file = tmp_path / "plan.json"
+    plan.save(plan_file)
+    plans = {"standard": "standard", "fairkv": str(plan_file)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        expected = smollm2_generate(model, tokenizer, "one process")
+    assert min(expected["prompt_tokens"]) > 1500
+    _spawn(3, plans, tmp_path, timeout_s=900, target=run_smollm2_rank)
+    for name in plans:
+        for rank in range(3):
+            got = json.loads((tmp_path / f"smollm2-{name}.{rank}.json").read_text())
+            assert got["tokens"] == expected["tokens"], f"{name} rank {rank}"
+            assert got["kept"] == expected["kept"], f"{name} rank {rank}"

@@ -14,7 +14,6 @@ checks the plan and leaves the model as it is.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..cache import ATTN_IMPLEMENTATION, SUPPORTED_MODEL_TYPES, _text_config
-from ..placement.device_map import from_device_map
+from ..placement.device_map import from_device_map, load_plan_file
 from ..placement.plans import Plan, make_plan, standard_plan
 from ..placement.profile import HeadLoadProfile
 from .attention import HeadParallelAttention
@@ -57,21 +56,9 @@ def resolve_plan(
             raise ValueError(f"plan {spec!r} balances measured head loads: pass profile= (a HeadLoadProfile, e.g. from "
                              "fairkv-profile --policy ada_snapkv --budget B --out profile.json) or use plan='standard'")
         return make_plan(profile, gpus, batch, max_copies=0 if spec == "best_effort" else None)
-    path = Path(spec)
-    if not path.is_file():
+    if not Path(spec).is_file():
         raise ValueError(f"plan {str(spec)!r} is neither one of {PLAN_NAMES} nor an existing plan or device-map file")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"plan file {path}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
-    if isinstance(data, dict) and "layers" in data:
-        return Plan.load(path)
-    if not isinstance(data, dict):
-        raise ValueError(f"plan file {path}: expected a plan (fairkv-plan --out) or a head device map object")
-    try:
-        return from_device_map(data, uniform, gpus, batch)
-    except ValueError as err:
-        raise ValueError(f"device map {path}: {err}") from None
+    return load_plan_file(spec, uniform, gpus, batch)
 
 
 def _device(device: str | torch.device | None) -> torch.device:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from fairkv_hf.placement.profile import HeadLoadProfile
-from fairkv_hf.policies.duoattention import retrieval_heads
+from fairkv_hf.policies.duoattention import read_gates, retrieval_heads
 
 HEADKV_WINDOW = 32
 DUO_SINK = 64
@@ -94,7 +94,7 @@ def from_duoattention(
         raise ValueError(f"context must be a positive number of tokens, got {context}")
     model = model_name_of(path)
     shape = shape_of(model, shape)
-    gates = np.loadtxt(path, delimiter="\t", ndmin=2)
+    gates = read_gates(path)
     if gates.shape != (shape.num_layers, shape.num_kv_heads):
         raise ValueError(
             f"{path}: gates have shape {gates.shape}, but {model} has {shape.num_layers} layers x "

@@ -80,18 +80,22 @@ def from_device_map(
     return plan
 
 
-def load_device_map(path: str | Path, profile: HeadLoadProfile, gpus: int | None = None, batch: int = 32) -> Plan:
-    """Read a head device map file (JSON); errors name the file and the place that is wrong."""
+def load_plan_file(path: str | Path, profile: HeadLoadProfile, gpus: int | None = None, batch: int = 32) -> Plan:
+    """A plan file (fairkv-plan --out) or a head device map file (placed over `profile`'s shape); errors name the
+    file and the place that is wrong."""
     try:
         data = json.loads(Path(path).read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"device map {path}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+        raise ValueError(f"{path}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"device map {path}: expected a JSON object of head names, got {type(data).__name__}")
+        raise ValueError(f"{path}: expected a plan (fairkv-plan --out) or a head device map object, got "
+                         f"{type(data).__name__}")
     try:
-        return from_device_map(data, profile, gpus, batch)
-    except ValueError as err:
-        raise ValueError(f"device map {path}: {err}") from None
+        return Plan.from_dict(data) if "layers" in data else from_device_map(data, profile, gpus, batch)
+    except KeyError as err:
+        raise ValueError(f"plan file {path} lacks the key {err}") from None
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
 def save_device_map(plan: Plan, path: str | Path) -> None:

@@ -168,9 +168,10 @@ class Plan:
             raise ValueError(f"plan file {path}: not valid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
         try:
             return cls.from_dict(data)
-        except (KeyError, TypeError, ValueError) as err:
-            message = f"lacks the key {err}" if isinstance(err, KeyError) else str(err)
-            raise ValueError(f"plan file {path}: {message}") from None
+        except KeyError as err:
+            raise ValueError(f"plan file {path} lacks the key {err}") from None
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"plan file {path}: {err}") from None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:

@@ -29,7 +29,7 @@ class AdaSnapKVPolicy(SnapKVScoring, ScoredPolicy):
             raise ValueError(f"alpha (the uniform floor fraction) must be in [0, 1], got {self.alpha}")
 
     def allocate(
-        self, scores: torch.Tensor, valid_prefix: torch.Tensor, base: int, layer_idx: int, heads: HeadSet
+        self, scores: torch.Tensor, base: int, layer_idx: int, heads: HeadSet
     ) -> torch.Tensor:
         """Joint top-k over all heads of the layer (every head's scores, through `heads.gather`), per sequence,
         then the alpha floor; the held heads' counts."""

@@ -54,7 +54,7 @@ class ScoredPolicy(Policy):
 
     @abstractmethod
     def allocate(
-        self, scores: torch.Tensor, valid_prefix: torch.Tensor, base: int, layer_idx: int, heads: HeadSet
+        self, scores: torch.Tensor, base: int, layer_idx: int, heads: HeadSet
     ) -> torch.Tensor:
         """Prefix tokens kept per held head, LongTensor [B, H_held], for sequences whose prefix exceeds `base`."""
 
@@ -88,7 +88,7 @@ class ScoredPolicy(Policy):
         valid_prefix = valid[:, :prefix]
         scores = self.score(queries, keys, valid, scaling, window)
         scores = scores.masked_fill(~valid_prefix[:, None, :], float("-inf"))
-        counts = self.allocate(scores, valid_prefix, budget - window, layer_idx, heads)
+        counts = self.allocate(scores, budget - window, layer_idx, heads)
         keep_prefix = rank_descending(scores) < counts[:, :, None]
         keep = torch.cat([keep_prefix & valid_prefix[:, None, :], keep_all[:, :, prefix:]], dim=-1)
         return torch.where(fits[:, None, None], keep_all, keep)

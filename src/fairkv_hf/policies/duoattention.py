@@ -12,6 +12,14 @@ from ..heads import HeadSet
 from .base import Policy
 
 
+def read_gates(path: str | Path) -> np.ndarray:
+    """DuoAttention's per-head gates [num_layers, num_kv_heads] from its `full_attention_heads.tsv` file."""
+    try:
+        return np.loadtxt(path, delimiter="\t", ndmin=2)
+    except ValueError as err:
+        raise ValueError(f"{path}: not a tab-separated table of gate values ({err})") from None
+
+
 def retrieval_heads(gates: np.ndarray, fraction: float) -> np.ndarray:
     """The top `fraction` of all heads by gate value (ranked over every layer together, ties to the earlier head)."""
     if not 0.0 <= fraction <= 1.0:
@@ -45,8 +53,7 @@ class DuoAttentionPolicy(Policy):
     @classmethod
     def from_gates(cls, path: str | Path, fraction: float = 0.5, **options) -> DuoAttentionPolicy:
         """Retrieval heads = the top `fraction` of the gates in a DuoAttention `full_attention_heads.tsv` file."""
-        gates = np.loadtxt(path, delimiter="\t", ndmin=2)
-        return cls(retrieval=retrieval_heads(gates, fraction), **options)
+        return cls(retrieval=retrieval_heads(read_gates(path), fraction), **options)
 
     def bind(self, num_layers: int, num_kv_heads: int) -> None:
         """Refuse a head table made for another model shape."""

@@ -46,7 +46,7 @@ class HeadBudgetPolicy(SnapKVScoring, ScoredPolicy):
         return int(self.tokens[layer_idx].min())
 
     def allocate(
-        self, scores: torch.Tensor, valid_prefix: torch.Tensor, base: int, layer_idx: int, heads: HeadSet
+        self, scores: torch.Tensor, base: int, layer_idx: int, heads: HeadSet
     ) -> torch.Tensor:
         """Each held head's own budget minus the window (base = the layer's smallest budget minus the window)."""
         window = int(self.tokens[layer_idx].min()) - base

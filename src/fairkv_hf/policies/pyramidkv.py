@@ -43,7 +43,7 @@ class PyramidKVPolicy(SnapKVScoring, ScoredPolicy):
         return window + high - layer_idx * ((high - low) // (self.num_layers - 1))
 
     def allocate(
-        self, scores: torch.Tensor, valid_prefix: torch.Tensor, base: int, layer_idx: int, heads: HeadSet
+        self, scores: torch.Tensor, base: int, layer_idx: int, heads: HeadSet
     ) -> torch.Tensor:
         """Every head of the layer keeps `base` prefix tokens (base already follows the pyramid)."""
         return torch.full(scores.shape[:2], base, dtype=torch.long, device=scores.device)

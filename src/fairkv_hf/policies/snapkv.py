@@ -18,7 +18,7 @@ class SnapKVPolicy(SnapKVScoring, ScoredPolicy):
     name = "snapkv"
 
     def allocate(
-        self, scores: torch.Tensor, valid_prefix: torch.Tensor, base: int, layer_idx: int, heads: HeadSet
+        self, scores: torch.Tensor, base: int, layer_idx: int, heads: HeadSet
     ) -> torch.Tensor:
         """Every head keeps `base` prefix tokens."""
         return torch.full(scores.shape[:2], base, dtype=torch.long, device=scores.device)
