@@ -58,14 +58,17 @@ def test_beam_search_refused():
                        pad_token_id=0)
 
 
-def test_second_prefill_refused_and_reset_allows_reuse():
+def test_continued_forward_appends_and_reset_allows_reuse():
     model = tiny_model("qwen3")
     ids, mask = left_padded([30])
     cache = FairKVCache(model, policy="snapkv", budget=16, window=4)
     first = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=3, pad_token_id=0)
-    longer = torch.cat([first, first[:, :5]], dim=1)
-    with pytest.raises(ValueError, match="A second prefill"):
-        model(input_ids=longer[:, first.shape[1]:], past_key_values=cache)
+    before = cache.kept_lengths()
+    with torch.no_grad():
+        model(input_ids=first[:, :5], past_key_values=cache)
+    assert torch.equal(cache.kept_lengths(), before + 5)
+    with pytest.raises(ValueError, match="holds 1 sequences but got 2"):
+        model(input_ids=first[:, :5].repeat(2, 1), past_key_values=cache)
     cache.reset()
     assert cache.nbytes() == 0 and cache.get_seq_length() == 0
     again = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=3, pad_token_id=0)

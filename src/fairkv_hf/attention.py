@@ -101,6 +101,39 @@ def _prefill(step: FairKVStep, query: torch.Tensor, padding_mask: torch.Tensor |
     return out
 
 
+def _extend(step: FairKVStep, query: torch.Tensor, padding_mask: torch.Tensor | None, scaling: float) -> torch.Tensor:
+    """Several new queries on a filled cache: each attends to its segment's stored tokens and causally to the new
+    non-padding tokens, which are then appended (uncompressed) to every segment. Pure torch: a rare, short step."""
+    layer = step.layer
+    batch, q_heads, new, dim = query.shape
+    valid = (padding_mask[:, -new:].bool() if padding_mask is not None
+             else torch.ones(batch, new, dtype=torch.bool, device=query.device))
+    if q_heads == 0:
+        layer.extend(step.keys, step.values, valid)
+        return query.transpose(1, 2)
+    heads = step.keys.shape[1]
+    group = q_heads // heads
+    q = layer.segments_of(query.reshape(batch * heads, group, new, dim))
+    keys = layer.segments_of(step.keys.reshape(batch * heads, new, dim))
+    values = layer.segments_of(step.values.reshape(batch * heads, new, dim))
+    new_valid = layer.segments_of(valid[:, None, :].expand(batch, heads, new).reshape(-1, new))
+    out = q.new_zeros(q.shape)
+    if len(q):
+        blocks = -(-layer.max_len // layer.block_size)
+        table = layer.block_table[:, :blocks].long()
+        old_keys = layer.k_pool[table].reshape(len(q), blocks * layer.block_size, dim)
+        old_values = layer.v_pool[table].reshape(len(q), blocks * layer.block_size, dim)
+        stored = torch.arange(blocks * layer.block_size, device=q.device)[None, :] < layer.seq_lens[:, None]
+        causal = torch.ones(new, new, dtype=torch.bool, device=q.device).tril()
+        allowed = torch.cat([stored[:, None, :].expand(-1, new, -1), causal[None] & new_valid[:, None, :]], dim=-1)
+        scores = torch.einsum("sgid,sld->sgil", q.float(), torch.cat([old_keys, keys], 1).float()) * scaling
+        probs = torch.softmax(scores.masked_fill(~allowed[:, None], float("-inf")), dim=-1)
+        both = torch.cat([old_values, values], 1).float().masked_fill(~allowed.any(1)[..., None], 0.0)
+        out = torch.einsum("sgil,sld->sgid", probs, both).to(q.dtype)
+    layer.extend(step.keys, step.values, valid)
+    return layer.grid_of(out).view(batch, heads * group, new, dim).transpose(1, 2)
+
+
 def fairkv_attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -116,8 +149,16 @@ def fairkv_attention_forward(
         scaling = query.shape[-1] ** -0.5
     if not isinstance(key, FairKVStep):
         return dense_attention(query, key, value, attention_mask, scaling), None
-    if not key.is_prefill:
+    if kwargs.get("use_cache") is False:
+        raise ValueError("FairKVCache needs use_cache=True (generate(..., use_cache=False) re-sends the whole "
+                         "sequence every step, which a compressed cache cannot take): drop use_cache=False")
+    if key.phase == "decode":
         return _decode(key, query, scaling), None
+    if key.phase == "extend":
+        return _extend(key, query, attention_mask, scaling), None
+    if attention_mask is not None and not _is_left_padded(attention_mask.bool()):
+        raise ValueError("FairKVCache needs left padding: the prompt's last tokens (the observation window) must be "
+                         "real tokens in every row. Set tokenizer.padding_side = 'left'.")
     out = _prefill(key, query, attention_mask, scaling)
     valid = attention_mask.bool() if attention_mask is not None else torch.ones(
         query.shape[0], query.shape[2], dtype=torch.bool, device=query.device

@@ -16,6 +16,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin
@@ -32,12 +33,14 @@ ATTN_IMPLEMENTATION = "fairkv"
 
 @dataclass
 class FairKVStep:
-    """What `update()` hands the attention function: the layer and this forward's new keys/values."""
+    """What `update()` hands the attention function: the layer, this forward's new keys/values, and the phase:
+    "prefill" (dense attention, then compression), "decode" (one token, already appended) or "extend" (several
+    tokens on a filled cache, appended by the attention function, which knows which of them are padding)."""
 
     layer: FairKVLayer
     keys: torch.Tensor
     values: torch.Tensor
-    is_prefill: bool
+    phase: str
 
 
 class FairKVLayer(CacheLayerMixin):
@@ -119,22 +122,23 @@ class FairKVLayer(CacheLayerMixin):
         return grid.index_copy_(0, self.segment_index, segments)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
-        """Prefill: hand the dense new K/V to the attention (which compresses them); decode: append one token."""
+        """Prefill: hand the dense new K/V to the attention (which compresses them); decode: append one token;
+        several tokens on a filled cache (a question after a compressed context): hand them over to be appended."""
         new_tokens = key_states.shape[-2]
-        if self.seq_lens is not None and new_tokens > 1:
-            raise ValueError(
-                f"FairKVCache got {new_tokens} new tokens on layer {self.layer_idx}, which already holds a compressed "
-                "prompt. A second prefill (multi-turn chat, chunked prefill, assisted decoding) is not supported: "
-                "create a new FairKVCache for each prompt (or call cache.reset() first) and pass the whole "
-                "conversation as the prompt."
-            )
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
+        elif key_states.shape[0] != self.batch_size:
+            raise ValueError(f"FairKVCache holds {self.batch_size} sequences but got {key_states.shape[0]}: continue "
+                             "with the same batch (cache.copy() per question batch) or call cache.reset()")
         self.cumulative_length += new_tokens
-        is_prefill = self.seq_lens is None
-        if not is_prefill:
+        if self.seq_lens is None:
+            phase = "prefill"
+        elif new_tokens == 1:
+            phase = "decode"
             self._append(key_states, value_states)
-        step = FairKVStep(self, key_states, value_states, is_prefill)
+        else:
+            phase = "extend"
+        step = FairKVStep(self, key_states, value_states, phase)
         return step, step
 
     def compress(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor, scaling: float) -> None:
@@ -165,8 +169,8 @@ class FairKVLayer(CacheLayerMixin):
         dest = first_block.to(keys.device)[seg] * self.block_size + rank[seg, pos]
         grid = seg if self.segment_index is None else self.segment_index[seg]
         b, h = grid // self.num_heads, grid % self.num_heads
-        self.k_pool.view(-1, dim)[dest] = keys[b, h, pos]
-        self.v_pool.view(-1, dim)[dest] = values[b, h, pos]
+        self.k_pool.view(-1, dim)[dest] = keys.detach()[b, h, pos]  # the store never holds autograd history
+        self.v_pool.view(-1, dim)[dest] = values.detach()[b, h, pos]
         self.block_table = block_table.to(device=keys.device, dtype=torch.int32)
         self.seq_lens = lengths.to(torch.int32)
 
@@ -180,14 +184,50 @@ class FairKVLayer(CacheLayerMixin):
         if new_blocks:
             self._reserve(new_blocks)
         dim = key_states.shape[-1]
-        keys = self.segments_of(key_states.reshape(-1, dim)).contiguous()
-        values = self.segments_of(value_states.reshape(-1, dim)).contiguous()
+        keys = self.segments_of(key_states.detach().reshape(-1, dim)).contiguous()
+        values = self.segments_of(value_states.detach().reshape(-1, dim)).contiguous()
         if len(keys):
             append_tokens(self.k_pool, self.v_pool, self.block_table, self.seq_lens, keys, values, self.blocks_used,
                           new_blocks, self._append_backend)
         self.blocks_used += new_blocks
         self.steps += 1
         self.max_len += 1
+
+    def extend(self, key_states: torch.Tensor, value_states: torch.Tensor, valid: torch.Tensor) -> None:
+        """Append several new tokens [B, held heads, n, D] to every segment, uncompressed, skipping the padding
+        positions (`valid`: bool [B, n]); segments may grow by different amounts (host-side bookkeeping, one sync)."""
+        batch, heads, new, dim = key_states.shape
+        valid = self.segments_of(valid[:, None, :].expand(batch, heads, new).reshape(-1, new))
+        keys = self.segments_of(key_states.reshape(-1, new, dim))
+        values = self.segments_of(value_states.reshape(-1, new, dim))
+        old = self.seq_lens.long()
+        lengths = old + valid.sum(-1)
+        have = -(-old // self.block_size)
+        need = -(-lengths // self.block_size)
+        extra = need - have
+        total = int(extra.sum())
+        if self.blocks_used + total > self.k_pool.shape[0]:
+            self._grow_pool(self.blocks_used + total + int(lengths.sum()) // (16 * self.block_size))
+        columns = max(int(need.max()) if len(need) else 0, 1)
+        if columns > self.block_table.shape[1]:
+            self.block_table = torch.nn.functional.pad(self.block_table, (0, columns - self.block_table.shape[1]))
+        first = self.blocks_used + torch.cumsum(extra, 0) - extra
+        col = torch.arange(columns, device=old.device)
+        fresh = (col[None, :] >= have[:, None]) & (col[None, :] < need[:, None])
+        ids = first[:, None] + col[None, :] - have[:, None]
+        self.block_table = torch.where(fresh, ids.to(self.block_table.dtype), self.block_table)
+        seg, j = valid.nonzero(as_tuple=True)
+        pos = old[seg] + torch.cumsum(valid.long(), -1)[seg, j] - 1
+        dest = self.block_table[seg, pos // self.block_size].long() * self.block_size + pos % self.block_size
+        self.k_pool.view(-1, dim)[dest] = keys.detach()[seg, j]
+        self.v_pool.view(-1, dim)[dest] = values.detach()[seg, j]
+        self.blocks_used += total
+        self.seq_lens = lengths.to(torch.int32)
+        self.stored_lens = lengths.cpu()
+        self.steps = 0
+        self._stored_total = int(self.stored_lens.sum())
+        self._residues = torch.bincount(self.stored_lens % self.block_size, minlength=self.block_size).tolist()
+        self.max_len = int(self.stored_lens.max()) if len(self.stored_lens) else 0
 
     def _reserve(self, new_blocks: int) -> None:
         """Make room for `new_blocks` more blocks in the pool and one more column in the block table if needed."""
@@ -283,6 +323,11 @@ class FairKVLayer(CacheLayerMixin):
         raise ValueError("FairKVCache cannot select batch rows (contrastive search): use greedy decoding or sampling.")
 
 
+def _is_int(value: object) -> bool:
+    """An integer that is not a bool (numpy integers included)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _text_config(model: PreTrainedModel):
     config = model.config
     return config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -306,7 +351,9 @@ class FairKVCache(Cache):
     `model.set_attn_implementation("sdpa")`). `policy` is a name ("full", "snapkv", "ada_snapkv", "pyramidkv")
     or a Policy object (e.g. HeadBudgetPolicy, DuoAttentionPolicy); `budget` is the number of prompt tokens each KV
     head keeps on average, observation window included (policies with their own per-head table take none).
-    Use one cache per `generate` call: a second prefill on a filled cache raises (see FairKVLayer.update).
+    After the first forward (the compressed prompt), a forward of several tokens appends them uncompressed to every
+    head (a question after a context, a next chat turn); `copy()` answers several questions from one compressed
+    context. Left padding only.
     """
 
     def __init__(
@@ -325,10 +372,14 @@ class FairKVCache(Cache):
             )
         self.policy = copy.deepcopy(get_policy(policy, **policy_options))
         self.policy.bind(config.num_hidden_layers, config.num_key_value_heads or config.num_attention_heads)
-        if self.policy.uses_budget:
-            if budget is None or budget <= 0:
-                raise ValueError(f"budget must be a positive number of tokens per KV head, got {budget}")
-            if window <= 0 or window > budget:
+        if not _is_int(window) or window < 1:
+            raise ValueError(f"window must be a positive integer number of tokens, got {window!r}")
+        if self.policy.uses_budget and budget is None:
+            raise ValueError(f"policy {self.policy.name!r} needs budget=, the prompt tokens each KV head keeps on average")
+        if budget is not None:
+            if not _is_int(budget) or budget < 1:
+                raise ValueError(f"budget must be a positive integer number of tokens per KV head, got {budget!r}")
+            if self.policy.uses_budget and window > budget:
                 raise ValueError(f"window must be in [1, budget={budget}], got {window}: the window is part of the budget")
         self.budget = budget
         self.window = window
@@ -356,6 +407,13 @@ class FairKVCache(Cache):
                 "attention, or keep prompts + new tokens within the window."
             )
         return layer.update(key_states, value_states, *args, **kwargs)
+
+    def copy(self) -> FairKVCache:
+        """An independent copy (K/V cloned): compress a long context once, then ask several questions, each from
+        its own copy, without a second prefill."""
+        clone = copy.copy(self)
+        clone.layers = [copy.deepcopy(layer) for layer in self.layers]
+        return clone
 
     def kept_lengths(self) -> torch.Tensor:
         """Tokens stored per head, LongTensor [num_layers, batch, num_kv_heads]. On a head-parallel model

@@ -25,8 +25,8 @@ class AdaSnapKVPolicy(SnapKVScoring, ScoredPolicy):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha (the uniform floor fraction) must be in [0, 1], got {self.alpha}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha (the uniform floor fraction) must be a number in [0, 1], got {self.alpha!r}")
 
     def allocate(
         self, scores: torch.Tensor, base: int, layer_idx: int, heads: HeadSet

@@ -12,6 +12,10 @@ from ..heads import HeadSet
 from .base import Policy
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def read_gates(path: str | Path) -> np.ndarray:
     """DuoAttention's per-head gates [num_layers, num_kv_heads] from its `full_attention_heads.tsv` file."""
     try:
@@ -47,8 +51,9 @@ class DuoAttentionPolicy(Policy):
         if self.retrieval.ndim != 2 or self.retrieval.size == 0:
             raise ValueError("DuoAttentionPolicy needs retrieval: a [num_layers, num_kv_heads] boolean table, "
                              "e.g. DuoAttentionPolicy.from_gates(path_to_full_attention_heads_tsv)")
-        if self.sink < 0 or self.recent < 1:
-            raise ValueError(f"sink must be >= 0 and recent >= 1, got sink={self.sink}, recent={self.recent}")
+        if not _is_int(self.sink) or not _is_int(self.recent) or self.sink < 0 or self.recent < 1:
+            raise ValueError(f"sink must be an integer >= 0 and recent an integer >= 1, got sink={self.sink!r}, "
+                             f"recent={self.recent!r}")
 
     @classmethod
     def from_gates(cls, path: str | Path, fraction: float = 0.5, **options) -> DuoAttentionPolicy:

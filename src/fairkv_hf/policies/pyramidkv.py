@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..heads import HeadSet
+from ..ranking import largest_remainder
 from .base import ScoredPolicy
 from .scores import SnapKVScoring
 
@@ -14,9 +15,10 @@ from .scores import SnapKVScoring
 @dataclass
 class PyramidKVPolicy(SnapKVScoring, ScoredPolicy):
     """Pyramidal layer budgets (PyramidKV, Cai et al. 2024): with P = budget - window prefix tokens per head on
-    average, the last layer keeps P // beta, the first 2P - P // beta, and the layers between fall by a constant
-    step, so the layers together keep about `num_layers * budget` tokens per head; every head of a layer keeps
-    the same number (its SnapKV top tokens)."""
+    average, the schedule falls linearly from 2P - P/beta (first layer) to P/beta (last layer) and is rounded by
+    largest remainder, so the layers together keep exactly `num_layers * budget` tokens per head (PyramidKV's own
+    integer step collapses to a flat schedule for small budgets); every head of a layer keeps the same number (its
+    SnapKV top tokens)."""
 
     name = "pyramidkv"
     beta: int = 20
@@ -24,8 +26,8 @@ class PyramidKVPolicy(SnapKVScoring, ScoredPolicy):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.beta < 1:
-            raise ValueError(f"beta (how much smaller the last layer's budget is) must be >= 1, got {self.beta}")
+        if isinstance(self.beta, bool) or not isinstance(self.beta, int) or self.beta < 1:
+            raise ValueError(f"beta (how much smaller the last layer's budget is) must be an integer >= 1, got {self.beta!r}")
 
     def bind(self, num_layers: int, num_kv_heads: int) -> None:
         """Learn the model's depth (the schedule needs it)."""
@@ -35,12 +37,13 @@ class PyramidKVPolicy(SnapKVScoring, ScoredPolicy):
         """Window plus this layer's share of prefix tokens on the pyramid."""
         if self.num_layers is None:
             raise ValueError("PyramidKVPolicy needs the number of layers: use it through FairKVCache or pass num_layers")
-        prefix = budget - window
         if self.num_layers == 1:
             return budget
-        low = prefix // self.beta
-        high = 2 * prefix - low
-        return window + high - layer_idx * ((high - low) // (self.num_layers - 1))
+        prefix = budget - window
+        low = prefix / self.beta
+        step = (2 * prefix - 2 * low) / (self.num_layers - 1)
+        shares = torch.tensor([2 * prefix - low - l * step for l in range(self.num_layers)], dtype=torch.float64)
+        return window + int(largest_remainder(shares.clamp(min=0), self.num_layers * prefix)[layer_idx])
 
     def allocate(
         self, scores: torch.Tensor, base: int, layer_idx: int, heads: HeadSet

@@ -47,8 +47,9 @@ class SnapKVScoring:
     def __post_init__(self) -> None:
         if self.gqa_reduce not in ("mean", "max"):
             raise ValueError(f"gqa_reduce must be 'mean' or 'max', got {self.gqa_reduce!r}")
-        if self.pool_kernel < 1 or self.pool_kernel % 2 == 0:
-            raise ValueError(f"pool_kernel must be a positive odd number, got {self.pool_kernel}")
+        if isinstance(self.pool_kernel, bool) or not isinstance(self.pool_kernel, int) or self.pool_kernel < 1 \
+                or self.pool_kernel % 2 == 0:
+            raise ValueError(f"pool_kernel must be a positive odd integer, got {self.pool_kernel!r}")
 
     def score(
         self, queries: torch.Tensor, keys: torch.Tensor, valid: torch.Tensor, scaling: float, window: int
