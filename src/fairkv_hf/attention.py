@@ -75,7 +75,8 @@ def _decode(step: FairKVStep, query: torch.Tensor, scaling: float) -> torch.Tens
     group = q_heads // step.keys.shape[1]
     q = layer.segments_of(query.reshape(-1, group, dim))
     if len(q):
-        out = decode_attention(q, layer.k_pool, layer.v_pool, layer.block_table, layer.seq_lens, scaling, layer.max_len)
+        out = decode_attention(q, layer.k_pool, layer.v_pool, layer.block_table, layer.seq_lens, scaling,
+                               layer.decode_bound)
     else:
         out = q
     return layer.grid_of(out).view(batch, 1, q_heads, dim)

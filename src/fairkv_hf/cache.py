@@ -62,8 +62,10 @@ class FairKVLayer(CacheLayerMixin):
         window: int,
         heads: HeadSet | None = None,
         block_size: int = BLOCK_SIZE,
+        reserve: int = 0,
     ):
         super().__init__()
+        self.reserve = reserve
         self.layer_idx = layer_idx
         self.policy = policy
         self.budget = budget
@@ -81,6 +83,7 @@ class FairKVLayer(CacheLayerMixin):
         self.stored_lens = torch.zeros(0, dtype=torch.long)
         self.steps = 0
         self.max_len = 0
+        self.capacity_len = 0
         self._stored_total = 0
         self._residues: list[int] = []
         self._append_backend = "reference"
@@ -155,9 +158,10 @@ class FairKVLayer(CacheLayerMixin):
         self._stored_total = int(self.stored_lens.sum())
         self._residues = torch.bincount(self.stored_lens % self.block_size, minlength=self.block_size).tolist()
         self._append_backend = "triton" if choose_backend(keys.device) == "triton" else "reference"
-        blocks = (self.stored_lens + self.block_size - 1) // self.block_size
+        blocks = (self.stored_lens + self.reserve + self.block_size - 1) // self.block_size
         first_block = torch.cumsum(blocks, 0) - blocks
         self.max_len = int(self.stored_lens.max()) if len(blocks) else 0
+        self.capacity_len = self.max_len + self.reserve
         columns = torch.arange(max(int(blocks.max()) if len(blocks) else 0, 1))
         block_table = torch.where(columns < blocks[:, None], first_block[:, None] + columns, 0)
         self.blocks_used = int(blocks.sum())
@@ -180,7 +184,7 @@ class FairKVLayer(CacheLayerMixin):
         Every segment grows by one token per step, so the host knows without reading the device how many segments
         start a block at this step (those whose stored length has the right residue); the device finds which.
         """
-        new_blocks = self._residues[-self.steps % self.block_size]
+        new_blocks = 0 if self.steps < self.reserve else self._residues[-self.steps % self.block_size]
         if new_blocks:
             self._reserve(new_blocks)
         dim = key_states.shape[-1]
@@ -195,15 +199,16 @@ class FairKVLayer(CacheLayerMixin):
 
     def extend(self, key_states: torch.Tensor, value_states: torch.Tensor, valid: torch.Tensor) -> None:
         """Append several new tokens [B, held heads, n, D] to every segment, uncompressed, skipping the padding
-        positions (`valid`: bool [B, n]); segments may grow by different amounts (host-side bookkeeping, one sync)."""
+        positions (`valid`: bool [B, n]); segments may grow by different amounts (host-side bookkeeping, one sync).
+        The reserved decode capacity is renewed for the decoding that follows."""
         batch, heads, new, dim = key_states.shape
         valid = self.segments_of(valid[:, None, :].expand(batch, heads, new).reshape(-1, new))
         keys = self.segments_of(key_states.reshape(-1, new, dim))
         values = self.segments_of(value_states.reshape(-1, new, dim))
         old = self.seq_lens.long()
         lengths = old + valid.sum(-1)
-        have = -(-old // self.block_size)
-        need = -(-lengths // self.block_size)
+        have = -(-(old + self.static_steps_left) // self.block_size)  # blocks held, reserved decode capacity included
+        need = -(-(lengths + self.reserve) // self.block_size)
         extra = need - have
         total = int(extra.sum())
         if self.blocks_used + total > self.k_pool.shape[0]:
@@ -228,6 +233,26 @@ class FairKVLayer(CacheLayerMixin):
         self._stored_total = int(self.stored_lens.sum())
         self._residues = torch.bincount(self.stored_lens % self.block_size, minlength=self.block_size).tolist()
         self.max_len = int(self.stored_lens.max()) if len(self.stored_lens) else 0
+        self.capacity_len = self.max_len + self.reserve
+
+    @property
+    def static_steps_left(self) -> int:
+        """Decode steps left in the capacity reserved at prefill: while > 0 a step allocates nothing, takes no
+        block and launches a fixed grid (bounded by `capacity_len`), so it can be captured in a CUDA graph."""
+        return max(self.reserve - self.steps, 0) if self.seq_lens is not None else 0
+
+    @property
+    def decode_bound(self) -> int:
+        """The longest a segment can be at this step: on CUDA the reserved capacity while it lasts (a fixed kernel
+        grid, so steps can be captured), else the longest stored segment."""
+        return self.capacity_len if self.steps <= self.reserve and self.device.type == "cuda" else self.max_len
+
+    def advance_host_state(self) -> None:
+        """The host-side bookkeeping of one decode step, for a step replayed from a CUDA graph (the device state
+        advances in the graph; only these Python counters do not)."""
+        self.cumulative_length += 1
+        self.steps += 1
+        self.max_len += 1
 
     def _reserve(self, new_blocks: int) -> None:
         """Make room for `new_blocks` more blocks in the pool and one more column in the block table if needed."""
@@ -362,6 +387,7 @@ class FairKVCache(Cache):
         policy: str | Policy = "ada_snapkv",
         budget: int | None = None,
         window: int = 32,
+        max_new_tokens: int | None = None,
         **policy_options: Any,
     ):
         config = _text_config(model)
@@ -376,6 +402,9 @@ class FairKVCache(Cache):
             raise ValueError(f"window must be a positive integer number of tokens, got {window!r}")
         if self.policy.uses_budget and budget is None:
             raise ValueError(f"policy {self.policy.name!r} needs budget=, the prompt tokens each KV head keeps on average")
+        if max_new_tokens is not None and (not _is_int(max_new_tokens) or max_new_tokens < 0):
+            raise ValueError(f"max_new_tokens must be a non-negative integer (decode capacity reserved per head), got "
+                             f"{max_new_tokens!r}")
         if budget is not None:
             if not _is_int(budget) or budget < 1:
                 raise ValueError(f"budget must be a positive integer number of tokens per KV head, got {budget!r}")
@@ -387,8 +416,9 @@ class FairKVCache(Cache):
         self.sliding_window = _sliding_window(config)
         model.set_attn_implementation(ATTN_IMPLEMENTATION)
         layout = getattr(model, "fairkv_layout", None)
-        layers = [FairKVLayer(i, self.policy, budget, window, layout.heads[i] if layout is not None else None)
-                  for i in range(config.num_hidden_layers)]
+        self.max_new_tokens = max_new_tokens
+        layers = [FairKVLayer(i, self.policy, budget, window, layout.heads[i] if layout is not None else None,
+                              reserve=max_new_tokens or 0) for i in range(config.num_hidden_layers)]
         super().__init__(layers=layers)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
@@ -408,11 +438,16 @@ class FairKVCache(Cache):
             )
         return layer.update(key_states, value_states, *args, **kwargs)
 
+    def static_steps_left(self) -> int:
+        """Decode steps left in the capacity every layer reserved at prefill (0 without max_new_tokens)."""
+        return min((layer.static_steps_left for layer in self.layers), default=0)
+
     def copy(self) -> FairKVCache:
         """An independent copy (K/V cloned): compress a long context once, then ask several questions, each from
         its own copy, without a second prefill."""
         clone = copy.copy(self)
         clone.layers = [copy.deepcopy(layer) for layer in self.layers]
+        clone._captured = None
         return clone
 
     def kept_lengths(self) -> torch.Tensor:

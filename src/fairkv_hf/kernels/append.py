@@ -3,7 +3,8 @@
 A segment whose length is a multiple of the block size has a full last block (or none) and takes a fresh block:
 the k-th such segment in segment order gets block ``blocks_used + k``. The caller reserves those blocks and the
 block-table column first. The torch version is a dozen small launches; on CUDA one Triton program per segment
-finds its slot, updates the block table and copies its key and value, so the step costs two launches.
+finds its slot, updates the block table, copies its key and value and (when no segment takes a new block) advances
+its length, so the step costs one launch, two when blocks are taken.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def append_tokens(
     if backend == "triton":
         from fairkv_hf.kernels.triton_append import append_triton
 
-        append_triton(k_pool, v_pool, block_table, seq_lens, keys, values, blocks_used, new_blocks)
+        if append_triton(k_pool, v_pool, block_table, seq_lens, keys, values, blocks_used, new_blocks):
+            return
     else:
         append_reference(k_pool, v_pool, block_table, seq_lens, keys, values, blocks_used, new_blocks)
     seq_lens += 1

@@ -2,6 +2,8 @@
 
 A program whose segment starts a new block counts the earlier segments that also start one (a scan over
 ``seq_lens``, which stays unchanged during the launch) to find its fresh block, and records it in the block table.
+When no segment starts a block (always, once decode capacity is reserved) nothing scans ``seq_lens``, so each
+program also advances its own length: append and length increment are one launch.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ def _append_kernel(
     value = tl.load(value_ptr + seg * stride_value + d, mask=keep)
     tl.store(k_ptr + slot * stride_kb + offset * stride_kt + d, key, mask=keep)
     tl.store(v_ptr + slot * stride_vb + offset * stride_vt + d, value, mask=keep)
+    if not HAS_NEW:
+        tl.store(lens_ptr + seg, pos + 1)
 
 
 def append_triton(
@@ -52,8 +56,9 @@ def append_triton(
     values: torch.Tensor,
     blocks_used: int,
     new_blocks: int,
-) -> None:
-    """Same contract as append_reference, in one launch (no host sync)."""
+) -> bool:
+    """Same contract as append_reference, in one launch (no host sync); also advances ``seq_lens`` when
+    ``new_blocks`` is 0 (returns whether it did)."""
     segs, dim = keys.shape
     if k_pool.stride(2) != 1 or v_pool.stride(2) != 1 or keys.stride(1) != 1 or values.stride(1) != 1:
         raise ValueError("append_triton needs pools and new keys/values contiguous in the head dimension")
@@ -67,3 +72,4 @@ def append_triton(
         D=dim, BLOCK_D=triton.next_power_of_2(dim), BLOCK_SIZE=k_pool.shape[1], SCAN=_SCAN, HAS_NEW=new_blocks > 0,
         num_warps=1,
     )
+    return new_blocks == 0

@@ -1,0 +1,145 @@
+"""Decode at GPU speed on one GPU: FairKVCache eager vs replayed from CUDA graphs, against transformers' caches.
+
+python bench/decode_graphs.py --contexts 8192 32768 --batches 1 8 --out DIR
+
+Llama-3.1-8B shape with random weights, bf16, ada_snapkv-1024. Per shape and method: median wall ms per decode step
+(a clock at every new token, steps after the capture), the bytes-read limit (weights + kept K/V read once, over
+the device-to-device copy bandwidth measured in this run), and whether the greedy tokens equal eager FairKV's.
+Methods: fairkv eager, fairkv graphs (max_new_tokens reserved + enable_cuda_graphs), DynamicCache eager (sdpa),
+StaticCache + transformers' automatic compile (reduce-overhead; where the full static cache fits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, LlamaConfig, LogitsProcessorList
+
+import fairkv_hf  # noqa: F401
+from fairkv_hf import FairKVCache
+from fairkv_hf.cli.generate import StepClock
+from fairkv_hf.graphs import enable_cuda_graphs
+
+
+def copy_bandwidth(device: torch.device) -> float:
+    """Device-to-device copy bandwidth in bytes/s (read + write), median of 20 copies of 2 GiB."""
+    src = torch.randn(2**30 // 2, dtype=torch.bfloat16, device=device).view(-1)
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(20):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return 2 * src.numel() * src.element_size() / statistics.median(times)
+
+
+def run(model, inputs: dict, new: int, method: str, args) -> dict:
+    """One generate() with the method's cache; per-step wall times after the first two decode steps."""
+    kwargs = {}
+    if method.startswith("fairkv"):
+        reserve = new if method == "fairkv_graphs" else None
+        kwargs["past_key_values"] = FairKVCache(model, policy=args.policy, budget=args.budget, max_new_tokens=reserve)
+    elif method == "dynamic":
+        model.set_attn_implementation("sdpa")
+    elif method == "static_compile":
+        model.set_attn_implementation("sdpa")
+        kwargs["cache_implementation"] = "static"
+    clock = StepClock(model.device)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = model.generate(**inputs, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                         logits_processor=LogitsProcessorList([clock]), **kwargs)
+    steps = [b - a for a, b in zip(clock.times[3:], clock.times[4:])]
+    cache = kwargs.get("past_key_values")
+    return {"ms_per_step": 1e3 * statistics.median(steps), "ms_min": 1e3 * min(steps), "ms_max": 1e3 * max(steps),
+            "prefill_s": clock.times[0] - start, "total_s": time.perf_counter() - start,
+            "tokens": out[:, inputs["input_ids"].shape[1]:].cpu(),
+            "kv_bytes": cache.nbytes() if cache is not None else None,
+            "kept_tokens": int(cache.kept_lengths().sum()) if cache is not None else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--contexts", type=int, nargs="+", default=[8192, 32768])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--methods", default="fairkv_eager,fairkv_graphs,dynamic,static_compile")
+    parser.add_argument("--policy", default="ada_snapkv")
+    parser.add_argument("--budget", type=int, default=1024)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results")))
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=args.layers,
+                         num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
+                         rope_theta=500000.0, tie_word_embeddings=False)
+    with device:
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
+    graphed = enable_cuda_graphs(model)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) - model.model.embed_tokens.weight.nbytes
+    bandwidth = copy_bandwidth(device)
+    rows = []
+    for context in args.contexts:
+        for batch in args.batches:
+            gen = torch.Generator().manual_seed(context + batch)
+            inputs = {"input_ids": torch.randint(10, 128000, (batch, context), generator=gen).to(device),
+                      "attention_mask": torch.ones(batch, context, dtype=torch.long, device=device)}
+            results = {}
+            for method in args.methods.split(","):
+                captures = graphed.captures
+                try:
+                    results[method] = run(model, inputs, args.new_tokens, method, args)
+                except torch.OutOfMemoryError:
+                    results[method] = {"error": "out of memory: the full cache does not fit"}
+                torch.cuda.empty_cache()
+                results[method]["captures"] = graphed.captures - captures
+            reference = results["fairkv_eager"]["tokens"]
+            for method, r in results.items():
+                if "tokens" not in r:
+                    rows.append({"context": context, "batch": batch, "method": method, **r})
+                    continue
+                kv_read = r["kv_bytes"] if r["kv_bytes"] is not None else (
+                    2 * config.num_hidden_layers * 8 * 128 * 2 * batch * (context + args.new_tokens))
+                limit_ms = 1e3 * (weight_bytes + kv_read) / bandwidth
+                same = bool(torch.equal(r["tokens"], reference))
+                first = None if same else int((r["tokens"] != reference).any(0).nonzero()[0])
+                rows.append({"context": context, "batch": batch, "method": method,
+                             **{k: v for k, v in r.items() if k != "tokens"}, "bytes_limit_ms": limit_ms,
+                             "x_limit": r["ms_per_step"] / limit_ms, "tokens_equal_eager_fairkv": same,
+                             "first_token_difference": first})
+                print(rows[-1], flush=True)
+    header = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "transformers": transformers.__version__,
+              "copy_bandwidth_Bps": bandwidth, "weight_bytes_read": weight_bytes, "policy": args.policy,
+              "budget": args.budget, "new_tokens": args.new_tokens, "layers": args.layers,
+              "command": "python bench/decode_graphs.py " + " ".join(
+                  f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                  for k, v in vars(args).items() if k != "out")}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "decode_graphs.json").write_text(json.dumps({**header, "rows": rows}, indent=1) + "\n")
+    lines = ["| context | batch | method | ms/step (min-max) | bytes limit ms | x limit | tokens = eager |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "ms_per_step" not in r:
+            lines.append(f"| {r['context']} | {r['batch']} | {r['method']} | {r.get('error')} | | | |")
+            continue
+        lines.append(f"| {r['context']} | {r['batch']} | {r['method']} | {r['ms_per_step']:.2f} ({r['ms_min']:.2f}-"
+                     f"{r['ms_max']:.2f}) | {r['bytes_limit_ms']:.2f} | {r['x_limit']:.2f} | "
+                     f"{r['tokens_equal_eager_fairkv']} |")
+    table = "\n".join(lines)
+    (args.out / "decode_graphs.md").write_text(f"{header['device']}, bandwidth {bandwidth / 1e12:.2f} TB/s\n\n{table}\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
