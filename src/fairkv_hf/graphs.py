@@ -19,6 +19,7 @@ Capturing the step ourselves needs none of that and keeps the eager path the sin
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,18 +48,20 @@ class GraphedDecode:
     def __init__(self, model: PreTrainedModel):
         self.model = model
         self.eager = model.forward
+        # generate() reads the forward's signature (it passes position_ids only to a forward that takes them)
+        self.__signature__ = inspect.signature(self.eager)
         self.captures = 0
         self.replays = 0
 
     def __call__(self, *args: Any, **kwargs: Any):
         cache = kwargs.get("past_key_values", kwargs.get("cache"))
         ids = kwargs.get("input_ids")
-        if (args or not isinstance(cache, FairKVCache) or ids is None or ids.shape[1] != 1 or not ids.is_cuda
+        if (args or getattr(self.model, "fairkv_graphs_off", False) or not isinstance(cache, FairKVCache) or ids is None or ids.shape[1] != 1 or not ids.is_cuda
                 or kwargs.get("inputs_embeds") is not None or cache.static_steps_left() < 1):
             return self.eager(*args, **kwargs)
         others = {k: v for k, v in kwargs.items() if k not in _STEP_INPUTS and k != "attention_mask"}
-        if any(isinstance(v, torch.Tensor) for v in others.values()):
-            return self.eager(*args, **kwargs)
+        if any(isinstance(v, torch.Tensor) for v in others.values()) or not isinstance(kwargs.get("position_ids"), torch.Tensor):
+            return self.eager(*args, **kwargs)  # positions must come in as a tensor: a graph would freeze them
         key = (ids.shape[0], *(layer.k_pool.data_ptr() for layer in cache.layers))
         state: _Captured | None = getattr(cache, "_captured", None)
         if state is None or state.key != key:
@@ -91,7 +94,8 @@ class GraphedDecode:
 
 
 def enable_cuda_graphs(model: PreTrainedModel) -> GraphedDecode:
-    """Make `model.generate()` replay decode steps from CUDA graphs for caches made with max_new_tokens (idempotent)."""
+    """Make `model.generate()` replay decode steps from CUDA graphs for caches made with max_new_tokens (idempotent;
+    set `model.fairkv_graphs_off = True` to run eagerly again, e.g. to compare)."""
     if isinstance(model.forward, GraphedDecode):
         return model.forward
     graphed = GraphedDecode(model)
