@@ -18,6 +18,7 @@ import argparse
 import copy
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Logit
 import fairkv_hf  # noqa: F401  (registers the "fairkv" attention)
 from fairkv_hf import FairKVCache, parallel
 from fairkv_hf.cli.generate import StepClock
+from fairkv_hf.graphs import enable_cuda_graphs
 from fairkv_hf.placement.plans import make_plan
 from fairkv_hf.placement.profile import HeadLoadProfile
 
@@ -73,9 +75,11 @@ def inputs_for(name: str, tokenizer, args: argparse.Namespace, device: torch.dev
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
-def generate(model, inputs: dict, args: argparse.Namespace) -> dict:
-    """Greedy generation with logits kept; prefill seconds and decode tokens/s (eager decode)."""
-    cache = FairKVCache(model, policy=args.policy, budget=args.budget)
+def generate(model, inputs: dict, args: argparse.Namespace, reserve: bool = False) -> dict:
+    """Greedy generation with logits kept; prefill seconds, decode tokens/s and median ms per step (steps after the
+    third, so a CUDA-graph capture is not counted). `reserve` reserves the decode capacity (graphable steps)."""
+    cache = FairKVCache(model, policy=args.policy, budget=args.budget,
+                        max_new_tokens=args.new_tokens if reserve else None)
     clock = StepClock(model.device)
     marks = clock.times
     start = time.perf_counter()
@@ -85,6 +89,7 @@ def generate(model, inputs: dict, args: argparse.Namespace) -> dict:
     width = inputs["input_ids"].shape[1]
     return {"tokens": out.sequences[:, width:].cpu(), "logits": torch.stack(out.logits, 1).float().cpu(),
             "kept": cache.kept_lengths(), "prefill_s": marks[0] - start,
+            "ms_per_step": 1e3 * statistics.median(b - a for a, b in zip(marks[3:], marks[4:])),
             "decode_tok_s": inputs["input_ids"].shape[0] * (len(marks) - 1) / (marks[-1] - marks[0])}
 
 
@@ -125,6 +130,8 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=4096, help="prompt tokens of the random-weight model")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--layers", type=int, default=32, help="depth of the random-weight model (32 = Llama-3.1-8B)")
+    parser.add_argument("--graphs", action="store_true", help="also run every plan with reserved capacity, eagerly and "
+                        "replayed from CUDA graphs (NCCL inside the graphs): same tokens, ms per step")
     parser.add_argument("--fp32-layers", type=int, default=8, help="its depth in float32 (the control run; memory)")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results")))
     args = parser.parse_args()
@@ -149,6 +156,16 @@ def main() -> None:
         for plan_name, plan in plans.items():
             model = parallel.prepare(copy.deepcopy(full), plan, profile=profile, batch=args.batch, device=device)
             run = generate(model, inputs, args)
+            graphs = {}
+            if args.graphs:
+                graphed = enable_cuda_graphs(model)
+                model.fairkv_graphs_off = True
+                eager = generate(model, inputs, args, reserve=True)
+                model.fairkv_graphs_off = False
+                replayed = generate(model, inputs, args, reserve=True)
+                graphs = {"graphs_tokens_equal_eager_reserved": bool(torch.equal(eager["tokens"], replayed["tokens"])),
+                          "eager_reserved_ms_per_step": eager["ms_per_step"], "graphs_ms_per_step": replayed["ms_per_step"],
+                          "graph_replays": graphed.replays}
             if rank == 0:
                 resolved = model.fairkv_plan
                 copies = sum(len(h) - 1 for layer in resolved.layers for h in layer)
@@ -156,7 +173,7 @@ def main() -> None:
                          "prompt_tokens": inputs["attention_mask"].sum(-1).tolist(), **compare(ref, run),
                          "one_gpu_decode_tok_s": ref["decode_tok_s"], "decode_tok_s": run["decode_tok_s"],
                          "one_gpu_prefill_s": ref["prefill_s"], "prefill_s": run["prefill_s"],
-                         "predicted_balance": resolved.figures()["balance"]}
+                         "predicted_balance": resolved.figures()["balance"], **graphs}
                 results.append(entry)
             del model
         del full
@@ -180,6 +197,10 @@ def write(results: list[dict], args: argparse.Namespace, world: int) -> None:
         div = "; ".join(f"{d['row']}: {d['step']}, {d['ref_gap']:.3f} / {d['max_logit_diff']:.3f}" for d in r["divergences"]) or "-"
         lines.append(f"| {r['model']} | {r['plan']} | {r['copies']} | {r['identical']}/{r['batch']} | {div} | "
                      f"{r['step0_max_logit_diff']:.4f} | {r['kept_equal']} | {r['one_gpu_decode_tok_s']:.1f} -> {r['decode_tok_s']:.1f} |")
+    if any("graphs_ms_per_step" in r for r in results):
+        lines += ["", "| model | plan | graphs tokens = eager (reserved) | ms/step eager (reserved) -> graphs |", "|---|---|---|---|"]
+        lines += [f"| {r['model']} | {r['plan']} | {r['graphs_tokens_equal_eager_reserved']} | "
+                  f"{r['eager_reserved_ms_per_step']:.2f} -> {r['graphs_ms_per_step']:.2f} |" for r in results]
     table = "\n".join(lines)
     (args.out / "parallel_agreement.md").write_text(f"{device} x {world}, {args.policy}-{args.budget}, "
                                                     f"{args.new_tokens} new tokens\n\n{table}\n")
