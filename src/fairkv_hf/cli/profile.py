@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from fairkv_hf import FairKVCache, load_model
+from fairkv_hf.compat import cache_kwarg
 from fairkv_hf.models import DEFAULT_MODEL
 from fairkv_hf.placement.profile import HeadLoadProfile
 from fairkv_hf.policies import POLICIES
@@ -48,7 +49,7 @@ def measure(model, tokenizer, prompts: list[str], policy: str, budget: int, wind
     for text in prompts:
         ids = tokenizer(text, return_tensors="pt").input_ids[:, -max_length:].to(model.device)
         cache = FairKVCache(model, policy=policy, budget=budget, window=window)
-        model(input_ids=ids, past_key_values=cache, logits_to_keep=1)
+        model(input_ids=ids, **cache_kwarg(cache), logits_to_keep=1)
         kept.append(cache.kept_lengths())
     return kept
 

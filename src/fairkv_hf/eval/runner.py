@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from fairkv_hf.compat import cache_kwarg
 from fairkv_hf.eval.methods import Method
 from fairkv_hf.eval.prompting import build_prompt_ids
 from fairkv_hf.eval.tasks import TaskInfo
@@ -94,7 +95,7 @@ def generate_batch(
         pad_token_id=pad,
     )
     cache = method.make_cache(model)
-    extra = {} if cache is None else {"past_key_values": cache}
+    extra = {} if cache is None else cache_kwarg(cache)
     out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config, **extra)[:, width:]
     texts = [tokenizer.decode(row, skip_special_tokens=True) for row in out]
     return texts, sum(_generated_length(row.tolist(), eos) for row in out)
