@@ -23,10 +23,10 @@ import transformers
 from fairkv_hf.eval.data import default_data_dir, load_configs, load_task
 from fairkv_hf.eval.methods import parse_method
 from fairkv_hf.eval.report import markdown_table, plot_budgets, score_folder, score_run
-from fairkv_hf.eval.ruler import make_ruler_task, ruler_task_info
+from fairkv_hf.eval.ruler import make_ruler_task
 from fairkv_hf.eval.runner import EvalTask, RunStats, predict, read_predictions
 from fairkv_hf.eval.shards import merge_shard, parse_shard, shard_records
-from fairkv_hf.eval.tasks import LONGBENCH_TASKS, task_info
+from fairkv_hf.eval.tasks import LONGBENCH_TASKS, ruler_task_info, task_info
 from fairkv_hf.models import DEFAULT_MODEL, load_model
 
 QUICK_TASKS = "multifieldqa_en:3,2wikimqa:2,samsum:1,niah_single_2048:2"
