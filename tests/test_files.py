@@ -38,6 +38,9 @@ def test_atomic_write_replaces_whole_or_not_at_all(tmp_path: Path, monkeypatch) 
     atomic_write(target, "new\n")
     assert target.read_text() == "new\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # as readable as a file written in place
 
 
 def _slow_folder_build(log: Path, out: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -26,6 +27,20 @@ def _temp_prefix(target: Path) -> str:
     return f".{target.name}{TEMP_MARK}"
 
 
+def _new_temp_file(target: Path) -> tuple[int, Path]:
+    """A new, empty temporary file beside ``target``: its descriptor and path.
+
+    Unlike ``tempfile.mkstemp`` (mode 0600) it gets the permissions any new file gets (0666 less the umask), so
+    the file that replaces ``target`` is as readable as one written in place.
+    """
+    while True:
+        temp = target.parent / f"{_temp_prefix(target)}{secrets.token_hex(6)}"
+        try:
+            return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), temp
+        except FileExistsError:
+            continue
+
+
 def atomic_write(path: Path, data: str | bytes) -> None:
     """Replace ``path`` with ``data`` (text as UTF-8) in one step: readers never see a partial file.
 
@@ -35,7 +50,7 @@ def atomic_write(path: Path, data: str | bytes) -> None:
     """
     path = Path(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path))
+    fd, temp = _new_temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
@@ -43,7 +58,7 @@ def atomic_write(path: Path, data: str | bytes) -> None:
             os.fsync(f.fileno())
         os.replace(temp, path)
     except BaseException:
-        Path(temp).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         raise
 
 
@@ -51,13 +66,13 @@ def atomic_write(path: Path, data: str | bytes) -> None:
 def atomic_output(path: Path) -> Iterator[Path]:
     """A temporary path for a writer that wants a file name (e.g. ``savefig``); renamed to ``path`` on success."""
     path = Path(path)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path))
+    fd, temp = _new_temp_file(path)
     os.close(fd)
     try:
-        yield Path(temp)
+        yield temp
         os.replace(temp, path)
     except BaseException:
-        Path(temp).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         raise
 
 
