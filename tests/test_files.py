@@ -70,7 +70,7 @@ def test_two_processes_build_once_and_leave_nothing_behind(tmp_path: Path) -> No
     got = [results.get(timeout=5) for _ in procs]
     assert {(path, tuple(files)) for _, path, files in got} == {(str(target), ("config.json", "weights.bin"))}
     assert len(log.read_text().splitlines()) == 1  # the loser waited and used the winner's folder
-    assert [p.name for p in target.parent.iterdir()] == ["tiny"]  # no temporary folder, no lock file
+    assert sorted(p.name for p in target.parent.iterdir()) == [".tiny.lock", "tiny"]  # no temporary folder
 
 
 def test_a_killed_builders_leftovers_are_removed_and_a_failed_build_leaves_nothing(tmp_path: Path) -> None:
@@ -85,9 +85,9 @@ def test_a_killed_builders_leftovers_are_removed_and_a_failed_build_leaves_nothi
 
     with pytest.raises(Boom):
         build_once(target, failing)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".model.lock"]
     build_once(target, lambda out: out.mkdir())
-    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.lock", "model"]
 
 
 def _fake_packaged(tmp_path: Path, monkeypatch) -> models.PackagedModel:
@@ -129,8 +129,8 @@ def test_concurrent_first_conversion_of_a_packaged_model(tmp_path: Path, monkeyp
     assert [results.get(timeout=5) for _ in procs] == [str(target)] * 2
     assert len(log.read_text().splitlines()) == 1
     assert (target / "source").read_bytes() == b"GGUF part one and part two"
-    assert [p.name for p in (tmp_path / "home" / "models").iterdir()] == ["fake"]
-    assert [p.name for p in (tmp_path / "home" / "gguf").iterdir()] == ["fake.gguf"]
+    assert sorted(p.name for p in (tmp_path / "home" / "models").iterdir()) == [".fake.lock", "fake"]
+    assert sorted(p.name for p in (tmp_path / "home" / "gguf").iterdir()) == [".fake.gguf.lock", "fake.gguf"]
 
 
 def test_concatenated_parts_with_a_wrong_checksum_leave_nothing(tmp_path: Path, monkeypatch) -> None:
@@ -138,7 +138,7 @@ def test_concatenated_parts_with_a_wrong_checksum_leave_nothing(tmp_path: Path, 
     wrong = models.PackagedModel(packaged.alias, packaged.packages, packaged.files, "0" * 64, packaged.install)
     with pytest.raises(ValueError, match="do not match sha256.*pip install fake"):
         models._gguf_file(wrong)
-    assert list((tmp_path / "home" / "gguf").iterdir()) == []
+    assert [p.name for p in (tmp_path / "home" / "gguf").iterdir()] == [".fake.gguf.lock"]
 
 
 def test_a_missing_model_path_is_reported_as_a_path(tmp_path: Path, monkeypatch) -> None:

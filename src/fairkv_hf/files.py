@@ -4,8 +4,9 @@ A process killed while it writes (SIGKILL, out of memory, a closed laptop) must 
 where a later run reads one. ``atomic_write`` writes a temporary file in the target's folder and renames it over
 the target (``os.replace`` is atomic on one file system), so readers see the old file or the new one, never a
 mix; ``build_once`` makes an expensive output (a converted model) exactly once when several processes ask for it
-at the same moment. The lock is ``fcntl.flock`` on the output's folder (POSIX): the kernel drops it when its
-holder dies, and it leaves no lock file behind.
+at the same moment. Locks are ``fcntl.flock`` on a hidden ``.<name>.lock`` file beside what they guard (POSIX;
+opened for writing, so that the NFS emulation of flock works too): the kernel drops a lock when its holder dies.
+The empty lock file stays, since removing it would race with the next process that opens it.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def atomic_output(path: Path) -> Iterator[Path]:
 def remove_stale_temps(target: Path) -> None:
     """Delete the temporary files and folders that killed writers of ``target`` left beside it.
 
-    Call it only where no other process can be writing ``target`` at the same time (under ``folder_lock``).
+    Call it only where no other process can be writing ``target`` at the same time (under ``locked(target)``).
     """
     target = Path(target)
     for leftover in target.parent.glob(_temp_prefix(target) + "*"):
@@ -89,15 +90,21 @@ def remove_stale_temps(target: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
-@contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
-    """Hold an exclusive inter-process lock on ``folder`` (created if needed) for the ``with`` block.
+def lock_file(target: Path) -> Path:
+    """The lock file that guards ``target``: ``.<name>.lock`` in the same folder."""
+    target = Path(target)
+    return target.parent / f".{target.name}.lock"
 
-    Other processes block in ``folder_lock`` until the holder leaves the block or dies.
+
+@contextmanager
+def locked(target: Path) -> Iterator[None]:
+    """Hold an exclusive inter-process lock on ``target`` (its ``lock_file``) for the ``with`` block.
+
+    Other processes block in ``locked`` until the holder leaves the block or dies. The folder is created if needed.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder, os.O_RDONLY)
+    path = lock_file(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -108,7 +115,7 @@ def folder_lock(folder: Path) -> Iterator[None]:
 def build_once(target: Path, build: Callable[[Path], None]) -> Path:
     """Return ``target`` (a file or a folder), first building it with ``build(temp_path)`` if it does not exist.
 
-    Concurrent callers are serialized by a lock on the target's folder: the first builds into a fresh temporary
+    Concurrent callers are serialized by ``locked(target)``: the first builds into a fresh temporary
     path beside the target and renames it into place; the others wait and then use its result. Temporaries of
     builders that were killed are removed first, so no partial output survives. ``build`` must create
     ``temp_path`` (a file or a folder); if it raises, nothing is left behind and the error propagates.
@@ -116,7 +123,7 @@ def build_once(target: Path, build: Callable[[Path], None]) -> Path:
     target = Path(target)
     if target.exists():  # only ever appears whole (renamed into place), so no lock is needed to trust it
         return target
-    with folder_lock(target.parent):
+    with locked(target):
         if target.exists():
             return target
         remove_stale_temps(target)

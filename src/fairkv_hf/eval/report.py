@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fairkv_hf.eval.metrics import bucket_scores, leaderboard_averages, task_score
 from fairkv_hf.eval.runner import read_predictions
-from fairkv_hf.files import atomic_output, atomic_write, folder_lock, remove_stale_temps
+from fairkv_hf.files import atomic_output, atomic_write, locked, remove_stale_temps
 
 RESULTS_FILE = "results.json"
 TABLE_FILE = "table.md"
@@ -96,11 +96,12 @@ def write_report(run_dir: Path, meta: dict | None = None) -> str:
     ``meta`` holds the run's description (model, max_length, device, ...) and, under ``"timing"``, the timing
     of predictions made since the last call, added to the run's totals. ``fairkv-longbench run`` calls this
     after every task, so an interrupted run still leaves consistent results files. The files are replaced
-    atomically under a lock on the run folder; a damaged results.json is moved aside and rebuilt (its run
+    atomically under a lock on results.json; a damaged results.json is moved aside and rebuilt (its run
     description comes back with the next ``meta``; its timing is lost). Returns the markdown table.
     """
     run_dir = Path(run_dir)
-    with folder_lock(run_dir):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with locked(run_dir / RESULTS_FILE):
         for name in (RESULTS_FILE, TABLE_FILE, PLOT_FILE):
             remove_stale_temps(run_dir / name)
         results = _recover_results(run_dir)
