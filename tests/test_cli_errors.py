@@ -63,6 +63,7 @@ LONGBENCH_CASES = [
     (RUN + ["--tasks", "multifieldqa_zh", "--e"], "--e: LongBench-E has no 'multifieldqa_zh'"),
     (RUN + ["--tasks", "samsum", "--config-dir", "{tmp}/empty"], "{tmp}/empty/dataset2prompt.json is missing"),
     (RUN + ["--tasks", "samsum", "--hub"], "--hub needs --config-dir"),
+    (RUN + ["--hub"], "--hub needs --config-dir"),
     (RUN + ["--tasks", "samsum:1", "--model", "./no-such-model"], "--model: Model path './no-such-model' does not exist"),
     (RUN + ["--tasks", "samsum:1", "--model", "{tmp}/missing/model"], "Model path '{tmp}/missing/model' does not exist"),
     (RUN + ["--device", "gpu"], "argument --device: 'gpu' is not a torch device: use cpu, cuda or cuda:N"),

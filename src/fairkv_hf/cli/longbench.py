@@ -157,6 +157,7 @@ def _max_length(args: argparse.Namespace, path: str, specs: list[tuple[str, int 
 
 def _load_tasks(specs: list[tuple[str, int | None]], configs: dict[str, TaskConfig], args: argparse.Namespace,
                 tokenizer: PreTrainedTokenizerBase) -> list[EvalTask]:
+    """The checked task specs as EvalTasks: LongBench records read, RULER-style records generated (tokenizer only)."""
     tasks = []
     for name, count in specs:
         if name not in LONGBENCH_TASKS:
@@ -175,6 +176,8 @@ def _check_run(args: argparse.Namespace) -> tuple[list[tuple[str, int | None]], 
         args.tasks = args.tasks or QUICK_TASKS
         args.max_length = QUICK_MAX_LENGTH if args.max_length is None else args.max_length
         args.out_dir = args.out_dir or Path("eval/outputs/quick")
+    if args.tasks is None and args.hub:
+        args.tasks = ",".join(LONGBENCH_TASKS)
     if args.tasks is None:
         folder = _data_dir(args)
         if folder is None:
@@ -303,7 +306,7 @@ def build_parser() -> ArgumentParser:
     run.add_argument("--quick", action="store_true", help=f"small offline preset: {QUICK_TASKS}, max_length {QUICK_MAX_LENGTH}")
     run.add_argument("--model", default=DEFAULT_MODEL, help="packaged alias, local folder or hub name")
     run.add_argument("--tasks", help="comma list of task[:N] (first N records); LongBench names or niah_single_<L>, "
-                     "niah_multikey_<L>, qa_hotpotqa_<L> (N samples, default 20); default: every local LongBench task")
+                     "niah_multikey_<L>, qa_hotpotqa_<L> (N samples, default 20); default: every local LongBench task (every one with --hub)")
     run.add_argument("--methods", default="full", help="comma list: full, fairkv-full, <policy>-<budget> (snapkv-128, ada_snapkv-512)")
     run.add_argument("--max-length", type=positive_int, help="prompt tokens kept by middle truncation (default: model context - 500)")
     records = run.add_mutually_exclusive_group()

@@ -88,6 +88,7 @@ def _robustness_report(profile: HeadLoadProfile, samples_path: str, gpus: int) -
 
 
 def _plan(args: argparse.Namespace, argv: list[str] | None) -> None:
+    """Write the plan, the robustness report or the simulation the options ask for, after checking the paths."""
     _check_paths(args)
     gpus = args.gpus
     if args.simulate:

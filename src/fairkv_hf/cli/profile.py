@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from fairkv_hf import FairKVCache, load_model
 from fairkv_hf.cli.common import ArgumentParser, UsageError, device_arg, positive_int, run_command
 from fairkv_hf.compat import cache_kwarg
+from fairkv_hf.eval.methods import budget_policies
 from fairkv_hf.files import atomic_write
 from fairkv_hf.models import DEFAULT_MODEL
 from fairkv_hf.placement.profile import HeadLoadProfile
@@ -89,10 +90,9 @@ def _parser() -> ArgumentParser:
 def _check(args: argparse.Namespace) -> list[str]:
     """Everything but the model: the policy, budget, output folders and the calibration prompts, which it returns."""
     if not POLICIES[args.policy].uses_budget and args.policy != "full":
-        budgeted = ", ".join(sorted(n for n, cls in POLICIES.items() if cls.uses_budget))
         raise UsageError(f"--policy {args.policy} takes its per-head token counts from a published table, not from --budget: "
                          "make the profile from that table with fairkv-plan --duoattention GATES.tsv or --headkv "
-                         f"SCORES.json, or profile one of {budgeted}")
+                         f"SCORES.json, or profile one of {', '.join(budget_policies())}")
     if POLICIES[args.policy].uses_budget and args.window > args.budget:
         raise UsageError(f"--window {args.window} exceeds --budget {args.budget}: the window is part of the budget")
     for option, path in (("--out", args.out), ("--samples", args.samples)):
