@@ -34,6 +34,7 @@ from transformers.masking_utils import AttentionMaskInterface, flash_attention_m
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from fairkv_hf import FairKVCache, get_policy  # noqa: E402
 from fairkv_hf.cache import FairKVLayer  # noqa: E402
+from fairkv_hf.compat import cache_kwarg  # noqa: E402
 
 LLAMA_31_8B = dict(
     vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
@@ -110,7 +111,7 @@ def run_method(model, method: str, ids: torch.Tensor, steps: int, warmup: int) -
     cache = make_cache(model, method)
     sync()
     start = time.perf_counter()
-    logits = model(input_ids=ids, past_key_values=cache, logits_to_keep=1).logits
+    logits = model(input_ids=ids, **cache_kwarg(cache), logits_to_keep=1).logits
     sync()
     prefill_s = time.perf_counter() - start
     token = logits[:, -1].argmax(-1, keepdim=True)
@@ -120,7 +121,7 @@ def run_method(model, method: str, ids: torch.Tensor, steps: int, warmup: int) -
     for step in range(warmup + steps):
         sync()
         start = time.perf_counter()
-        logits = model(input_ids=token, past_key_values=cache, logits_to_keep=1).logits
+        logits = model(input_ids=token, **cache_kwarg(cache), logits_to_keep=1).logits
         token = logits[:, -1].argmax(-1, keepdim=True)
         sync()
         if step >= warmup:
@@ -142,12 +143,12 @@ def check_against_dynamic(model, length: int = 512, steps: int = 8) -> dict:
     runs = {}
     for method in ("dynamic", "fairkv-full"):
         cache = make_cache(model, method)
-        logits = model(input_ids=ids, past_key_values=cache, logits_to_keep=1).logits[:, -1]
+        logits = model(input_ids=ids, **cache_kwarg(cache), logits_to_keep=1).logits[:, -1]
         tokens, all_logits = [], [logits]
         for _ in range(steps):
             token = logits.argmax(-1, keepdim=True)
             tokens.append(token)
-            logits = model(input_ids=token, past_key_values=cache, logits_to_keep=1).logits[:, -1]
+            logits = model(input_ids=token, **cache_kwarg(cache), logits_to_keep=1).logits[:, -1]
             all_logits.append(logits)
         runs[method] = (torch.cat(tokens, 1), torch.stack(all_logits).float())
         model.set_attn_implementation("sdpa")

@@ -10,6 +10,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from fairkv_hf import FairKVCache
+from fairkv_hf.compat import cache_kwarg
 
 from .conftest import left_padded, tiny_model
 
@@ -32,7 +33,7 @@ def _capture_prompt_states(model, ids, mask):
     model.set_attn_implementation("capture")
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
     with torch.no_grad():
-        model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=DynamicCache())
+        model(input_ids=ids, attention_mask=mask, position_ids=positions, **cache_kwarg(DynamicCache()))
     model.set_attn_implementation("sdpa")
     return captured
 
@@ -93,7 +94,7 @@ def test_kept_tokens_match_naive_reference(policy, model_family):
         FairKVCache(model, policy=policy, budget=BUDGET, window=WINDOW)
     )
     model.generate(
-        input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=NEW_TOKENS,
+        input_ids=ids, attention_mask=mask, **cache_kwarg(cache), max_new_tokens=NEW_TOKENS,
         min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0,
     )
     appended = NEW_TOKENS - 1
@@ -117,7 +118,7 @@ def test_ada_snapkv_budgets_differ_across_heads():
     model = tiny_model("llama", layers=4, seed=5)
     ids, mask = left_padded([200, 150], seed=3)
     cache = FairKVCache(model, policy="ada_snapkv", budget=48, window=8)
-    model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=4, min_new_tokens=4,
+    model.generate(input_ids=ids, attention_mask=mask, **cache_kwarg(cache), max_new_tokens=4, min_new_tokens=4,
                    do_sample=False, pad_token_id=0)
     kept = cache.kept_lengths() - 3
     assert torch.equal(kept.sum(-1), torch.full((4, 2), 48 * 2))
@@ -128,7 +129,7 @@ def test_nbytes_follow_kept_tokens():
     model = tiny_model("mistral", layers=3)
     ids, mask = left_padded([300, 260, 90], seed=4)
     cache = FairKVCache(model, policy="ada_snapkv", budget=100, window=16)
-    model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=80, min_new_tokens=80,
+    model.generate(input_ids=ids, attention_mask=mask, **cache_kwarg(cache), max_new_tokens=80, min_new_tokens=80,
                    do_sample=False, pad_token_id=0)
     kept = cache.kept_lengths()
     head_dim = model.config.hidden_size // model.config.num_attention_heads
@@ -137,7 +138,7 @@ def test_nbytes_follow_kept_tokens():
     assert cache.nbytes() >= int(kept.sum()) * token_bytes
     assert cache.nbytes() <= 1.1 * int(kept.sum()) * token_bytes + segments * 64 * token_bytes
     dense = DynamicCache()
-    model.generate(input_ids=ids, attention_mask=mask, past_key_values=dense, max_new_tokens=80, min_new_tokens=80,
+    model.generate(input_ids=ids, attention_mask=mask, **cache_kwarg(dense), max_new_tokens=80, min_new_tokens=80,
                    do_sample=False, pad_token_id=0)
     dense_bytes = sum(layer.keys.numel() * 4 * 2 for layer in dense.layers)
     assert cache.nbytes() < 0.75 * dense_bytes
@@ -149,12 +150,12 @@ def test_padded_batch_equals_each_sequence_alone():
     ids, mask = left_padded(lengths, seed=9)
     budget = 32
     batch = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=16, min_new_tokens=16, do_sample=False,
-                           pad_token_id=0, past_key_values=FairKVCache(model, policy="ada_snapkv", budget=budget, window=8))
+                           pad_token_id=0, **cache_kwarg(FairKVCache(model, policy="ada_snapkv", budget=budget, window=8)))
     for row, n in enumerate(lengths):
         alone_ids = ids[row : row + 1, ids.shape[1] - n :]
         alone = model.generate(input_ids=alone_ids, max_new_tokens=16, min_new_tokens=16, do_sample=False, pad_token_id=0,
                                attention_mask=torch.ones_like(alone_ids),
-                               past_key_values=FairKVCache(model, policy="ada_snapkv", budget=budget, window=8))
+                               **cache_kwarg(FairKVCache(model, policy="ada_snapkv", budget=budget, window=8)))
         assert torch.equal(batch[row, ids.shape[1] :], alone[0, n:])
 
 
@@ -178,7 +179,7 @@ def test_head_budgets_keep_each_heads_top_tokens():
     ids, mask = left_padded([60, 44, 15], seed=7)
     states = _capture_prompt_states(model, ids, mask)
     cache = FairKVCache(model, policy=HeadBudgetPolicy(tokens=table), window=WINDOW)
-    model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=NEW_TOKENS,
+    model.generate(input_ids=ids, attention_mask=mask, **cache_kwarg(cache), max_new_tokens=NEW_TOKENS,
                    min_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=0)
     scaling = model.model.layers[0].self_attn.scaling
     for layer_idx, layer in enumerate(cache.layers):

@@ -7,6 +7,7 @@ import torch
 from transformers import DynamicCache
 
 from fairkv_hf import FairKVCache
+from fairkv_hf.compat import cache_kwarg
 
 from .conftest import left_padded, tiny_model
 
@@ -19,7 +20,7 @@ def _generate(model, ids, mask, cache, **kwargs):
     out = model.generate(
         input_ids=ids,
         attention_mask=mask,
-        past_key_values=cache,
+        **cache_kwarg(cache),
         output_logits=True,
         return_dict_in_generate=True,
         **options,

@@ -7,6 +7,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from fairkv_hf import FairKVCache, SnapKVPolicy, get_policy
+from fairkv_hf.compat import cache_kwarg
 
 from .conftest import left_padded, tiny_model
 
@@ -46,7 +47,7 @@ def test_cache_refuses_other_attention():
     model.set_attn_implementation("sdpa")
     ids, mask = left_padded([20])
     with pytest.raises(ValueError, match="needs attn_implementation='fairkv'"):
-        model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=2, pad_token_id=0)
+        model.generate(input_ids=ids, attention_mask=mask, **cache_kwarg(cache), max_new_tokens=2, pad_token_id=0)
 
 
 def test_beam_search_refused():
@@ -54,7 +55,7 @@ def test_beam_search_refused():
     ids, mask = left_padded([20])
     cache = FairKVCache(model, policy="snapkv", budget=16, window=4)
     with pytest.raises(ValueError, match="does not support beam search"):
-        model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=4, num_beams=2,
+        model.generate(input_ids=ids, attention_mask=mask, **cache_kwarg(cache), max_new_tokens=4, num_beams=2,
                        pad_token_id=0)
 
 
@@ -62,16 +63,16 @@ def test_continued_forward_appends_and_reset_allows_reuse():
     model = tiny_model("qwen3")
     ids, mask = left_padded([30])
     cache = FairKVCache(model, policy="snapkv", budget=16, window=4)
-    first = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=3, pad_token_id=0)
+    first = model.generate(input_ids=ids, attention_mask=mask, **cache_kwarg(cache), max_new_tokens=3, pad_token_id=0)
     before = cache.kept_lengths()
     with torch.no_grad():
-        model(input_ids=first[:, :5], past_key_values=cache)
+        model(input_ids=first[:, :5], **cache_kwarg(cache))
     assert torch.equal(cache.kept_lengths(), before + 5)
     with pytest.raises(ValueError, match="holds 1 sequences but got 2"):
-        model(input_ids=first[:, :5].repeat(2, 1), past_key_values=cache)
+        model(input_ids=first[:, :5].repeat(2, 1), **cache_kwarg(cache))
     cache.reset()
     assert cache.nbytes() == 0 and cache.get_seq_length() == 0
-    again = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=3, pad_token_id=0)
+    again = model.generate(input_ids=ids, attention_mask=mask, **cache_kwarg(cache), max_new_tokens=3, pad_token_id=0)
     assert torch.equal(again, first)
 
 
@@ -81,4 +82,4 @@ def test_sliding_window_models_refuse_long_sequences():
     ids, mask = left_padded([30])
     with pytest.raises(ValueError, match="sliding-window attention"):
         model.generate(input_ids=ids, attention_mask=mask, pad_token_id=0, max_new_tokens=2,
-                       past_key_values=FairKVCache(model, policy="snapkv", budget=16, window=4))
+                       **cache_kwarg(FairKVCache(model, policy="snapkv", budget=16, window=4)))

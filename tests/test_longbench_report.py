@@ -72,9 +72,3 @@ def test_cli_run_is_resumable(tmp_path: Path, capsys) -> None:
     main(args)
     assert (tmp_path / "full" / "multifieldqa_en.jsonl").read_text() == first
 
-
-def test_cli_run_refuses_unknown_tasks_and_methods() -> None:
-    with pytest.raises(SystemExit, match="Unknown task 'qasperr'"):
-        main(["run", "--tasks", "qasperr"])
-    with pytest.raises(SystemExit, match="Unknown method 'snapkv'"):
-        main(["run", "--tasks", "qasper", "--methods", "snapkv"])

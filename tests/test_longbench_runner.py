@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import types
 
 import pytest
@@ -29,8 +28,9 @@ def test_parse_method() -> None:
     assert parse_method("snapkv-128", window=16).window == 16
     with pytest.raises(ValueError, match="exceed the observation window"):
         parse_method("snapkv-32")
-    with pytest.raises(ValueError, match="Unknown method"):
-        parse_method("snapkv")
+    for bad in ("snapkv", "foo-128", "duoattention-128", "head_budgets-128", "full-128"):
+        with pytest.raises(ValueError, match=f"Unknown method '{bad}'.*ada_snapkv, pyramidkv, snapkv"):
+            parse_method(bad)
 
 
 def test_compressed_methods_build_a_fresh_fairkv_cache(monkeypatch) -> None:
@@ -40,7 +40,7 @@ def test_compressed_methods_build_a_fresh_fairkv_cache(monkeypatch) -> None:
         def __init__(self, model, **kwargs):
             made.append((model, kwargs))
 
-    monkeypatch.setattr(sys.modules["fairkv_hf"], "FairKVCache", FakeCache, raising=False)
+    monkeypatch.setattr("fairkv_hf.eval.methods.FairKVCache", FakeCache)
     model = types.SimpleNamespace()
     assert isinstance(parse_method("ada_snapkv-128").make_cache(model), FakeCache)
     assert isinstance(parse_method("fairkv-full").make_cache(model), FakeCache)

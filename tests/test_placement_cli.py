@@ -16,9 +16,3 @@ def test_cli_writes_a_valid_plan(tmp_path, capsys):
     assert data["gpus"] == 4 and data["batch"] == 8 and len(data["layers"]) == 32
     assert "balance" in capsys.readouterr().out
 
-
-def test_cli_reports_bad_input(tmp_path, capsys):
-    assert main(["--duoattention", DUO, "--gpus", "0", "--out", str(tmp_path / "p.json")]) == 2
-    assert "positive integer" in capsys.readouterr().err
-    assert main(["--profile", str(tmp_path / "missing.json"), "--gpus", "2", "--out", str(tmp_path / "p.json")]) == 2
-    assert "missing.json" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fairkv_hf import DuoAttentionPolicy, FairKVCache, HeadBudgetPolicy, PyramidKVPolicy, get_policy
+from fairkv_hf.compat import cache_kwarg
 from fairkv_hf.placement.converters import from_headkv
 from fairkv_hf.policies.duoattention import retrieval_heads
 
@@ -17,7 +18,7 @@ NEW = 5
 
 def _generate(model, cache, lengths, seed=3):
     ids, mask = left_padded(lengths, seed=seed)
-    model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=NEW, min_new_tokens=NEW,
+    model.generate(input_ids=ids, attention_mask=mask, **cache_kwarg(cache), max_new_tokens=NEW, min_new_tokens=NEW,
                    do_sample=False, pad_token_id=0)
     return cache.kept_lengths() - (NEW - 1)
 

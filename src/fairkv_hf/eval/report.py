@@ -1,16 +1,30 @@
-"""Scores of prediction folders, and the tables and plot that present them.
+"""Scores of prediction folders, and the results file, tables and plot that present them.
 
 A run folder holds one sub-folder per method, each with ``<task>.jsonl`` prediction files; ``score_folder``
-is the official ``eval.py`` over one such folder, ``markdown_table`` and ``plot_budgets`` compare methods.
+is the official ``eval.py`` over one such folder, ``markdown_table`` and ``plot_budgets`` compare methods, and
+``write_report`` rewrites a run folder's ``results.json``, ``table.md`` and plot from its predictions. These
+files are replaced atomically: a killed process leaves the previous version, never a truncated one.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from pathlib import Path
 
 from fairkv_hf.eval.metrics import bucket_scores, leaderboard_averages, task_score
 from fairkv_hf.eval.runner import read_predictions
+from fairkv_hf.files import atomic_output, atomic_write, locked, remove_stale_temps
+
+RESULTS_FILE = "results.json"
+TABLE_FILE = "table.md"
+PLOT_FILE = "score_vs_budget.png"
+TIMING_SUMS = ("records", "prompt_tokens", "new_tokens", "seconds")
+
+
+class DamagedResultsError(ValueError):
+    """A results.json that is not a JSON object (e.g. cut short by an old, non-atomic writer or by hand)."""
 
 _BUDGETED = re.compile(r"^(?P<policy>.+)-(?P<budget>\d+)$")
 
@@ -37,6 +51,80 @@ def score_folder(pred_dir: Path, longbench_e: bool = False) -> dict[str, float |
 def score_run(run_dir: Path) -> dict[str, dict[str, float]]:
     """``{method: {task: score}}`` for every method folder of a run folder."""
     return {d.name: score_folder(d) for d in sorted(Path(run_dir).iterdir()) if d.is_dir() and any(d.glob("*.jsonl"))}
+
+
+def read_results(folder: Path) -> dict:
+    """The ``results.json`` of a run or shard folder ({} when there is none); DamagedResultsError names a bad one."""
+    path = Path(folder) / RESULTS_FILE
+    if not path.exists():
+        return {}
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DamagedResultsError(f"{path} is damaged ({err})") from err
+    if not isinstance(results, dict):
+        raise DamagedResultsError(f"{path} is damaged (a JSON {type(results).__name__}, not an object)")
+    return results
+
+
+def _recover_results(run_dir: Path) -> dict:
+    """The run's results, or {} after moving a damaged file aside to ``results.json.damaged`` (with a warning)."""
+    try:
+        return read_results(run_dir)
+    except DamagedResultsError as err:
+        aside = Path(run_dir) / f"{RESULTS_FILE}.damaged"
+        (Path(run_dir) / RESULTS_FILE).replace(aside)
+        print(f"warning: {err}; moved to {aside} and rebuilt from the prediction files (the timing it held is lost)",
+              file=sys.stderr)
+        return {}
+
+
+def _merge_timing(timing: dict, new_timing: dict) -> dict:
+    """Add the ``{method: {task: entry}}`` timing of newly made predictions to the run's timing (sums per task)."""
+    for method, per_task in new_timing.items():
+        for task, new in per_task.items():
+            old = timing.setdefault(method, {}).get(task)
+            if old is not None:
+                new = new | {k: old[k] + new[k] for k in TIMING_SUMS}
+            timing[method][task] = new
+    return timing
+
+
+def write_report(run_dir: Path, meta: dict | None = None) -> str:
+    """Score every method folder of a run, merge ``meta`` into results.json, write table.md and the plot.
+
+    ``meta`` holds the run's description (model, max_length, device, ...) and, under ``"timing"``, the timing
+    of predictions made since the last call, added to the run's totals. ``fairkv-longbench run`` calls this
+    after every task, so an interrupted run still leaves consistent results files. The files are replaced
+    atomically under a lock on results.json; a damaged results.json is moved aside and rebuilt (its run
+    description comes back with the next ``meta``; its timing is lost). Returns the markdown table.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with locked(run_dir / RESULTS_FILE):
+        for name in (RESULTS_FILE, TABLE_FILE, PLOT_FILE):
+            remove_stale_temps(run_dir / name)
+        results = _recover_results(run_dir)
+        if meta:
+            timing = _merge_timing(results.get("timing", {}), meta.get("timing", {}))
+            results.update({k: v for k, v in meta.items() if k != "timing"}, timing=timing)
+        scores = score_run(run_dir)
+        counts: dict[str, int] = {}
+        for method_dir in (run_dir / m for m in scores):
+            for f in method_dir.glob("*.jsonl"):
+                counts[f.stem] = max(counts.get(f.stem, 0), len(read_predictions(f)))
+        results["scores"] = scores
+        results["records"] = counts
+        if results.get("longbench_e"):
+            results["bucket_scores"] = {m: score_folder(run_dir / m, longbench_e=True) for m in scores}
+        atomic_write(run_dir / RESULTS_FILE, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        timing = results.get("timing", {})
+        devices = sorted({t.get("device", results.get("device", "?")) for per_task in timing.values() for t in per_task.values()})
+        header = f"Model {results.get('model', '?')}, max_length {results.get('max_length', '?')}, device {'; '.join(devices) or '?'}\n\n"
+        table = markdown_table(scores, counts)
+        atomic_write(run_dir / TABLE_FILE, header + "Scores (LongBench metrics, 0-100; records per task in parentheses)\n\n" + table)
+        plot_budgets(scores, run_dir / PLOT_FILE, f"{results.get('model', '')} max_length {results.get('max_length', '')}")
+    return table
 
 
 def _method_key(method: str) -> tuple[int, str, int]:
@@ -108,6 +196,7 @@ def plot_budgets(scores: dict[str, dict[str, float]], path: Path, title: str) ->
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_output(path) as temp:
+        fig.savefig(temp, dpi=110, format="png")
     plt.close(fig)
     return True

@@ -23,10 +23,8 @@ from transformers import PreTrainedTokenizerBase
 
 from fairkv_hf.eval.prompting import build_prompt_ids
 from fairkv_hf.eval.runner import EvalTask
-from fairkv_hf.eval.tasks import TaskInfo
+from fairkv_hf.eval.tasks import RULER_KINDS, parse_ruler_name, task_info
 
-KINDS = ("niah_single", "niah_multikey", "qa_hotpotqa")
-_NAME = re.compile(rf"^(?P<kind>{'|'.join(KINDS)})_(?P<length>\d+)$")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 NIAH_TEMPLATE = (
     "The text below hides one or more sentences that give a secret code for a keyword. Read it carefully: you "
@@ -43,14 +41,6 @@ _ADJECTIVES = ("amber", "brisk", "candid", "dusty", "eager", "frosty", "gentle",
                "keen", "lunar", "mellow", "nimble", "olive", "placid", "quiet", "rustic", "silver", "tidy")
 _NOUNS = ("anchor", "beacon", "canyon", "dolphin", "ember", "falcon", "glacier", "harbor", "island", "jungle",
           "kettle", "lantern", "meadow", "nectar", "orchard", "pebble", "quarry", "river", "summit", "tunnel")
-
-
-def ruler_task_info(name: str) -> TaskInfo | None:
-    """TaskInfo of a RULER-style task name such as ``niah_single_8192``, or None for another name."""
-    match = _NAME.match(name)
-    if match is None:
-        return None
-    return TaskInfo(name, f"RULER {match['kind']}", "en", "string_match", chat=True)
 
 
 def _data_file(name: str) -> Path:
@@ -176,11 +166,10 @@ def _qa_record(length: int, tokenizer: PreTrainedTokenizerBase, rng: random.Rand
 
 def make_ruler_task(name: str, tokenizer: PreTrainedTokenizerBase, samples: int, seed: int = 0, source: str = "long_context_eval") -> EvalTask:
     """Generate ``samples`` records of a RULER-style task, deterministic in (name, tokenizer, seed)."""
-    info = ruler_task_info(name)
-    if info is None:
-        raise KeyError(f"Unknown RULER-style task '{name}': use <{'|'.join(KINDS)}>_<prompt length in tokens>")
-    match = _NAME.match(name)
-    kind, length = match["kind"], int(match["length"])
+    parsed = parse_ruler_name(name)
+    if parsed is None:
+        raise KeyError(f"Unknown RULER-style task '{name}': use <{'|'.join(RULER_KINDS)}>_<prompt length in tokens>")
+    kind, length = parsed
     rng = random.Random(f"{name}/{seed}")
     records = []
     for i in range(samples):
@@ -188,4 +177,4 @@ def make_ruler_task(name: str, tokenizer: PreTrainedTokenizerBase, samples: int,
         record["_id"] = f"{name}-{seed}-{i}"
         records.append(record)
     template = QA_TEMPLATE if kind == "qa_hotpotqa" else NIAH_TEMPLATE
-    return EvalTask(info, records, template, MAX_NEW_TOKENS)
+    return EvalTask(task_info(name), records, template, MAX_NEW_TOKENS)

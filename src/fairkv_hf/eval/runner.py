@@ -1,7 +1,8 @@
 """Generate predictions for one task and one method, resumably, in the official ``pred.py`` file format.
 
-Each finished record is appended at once to ``<task>.jsonl`` as ``{"pred", "answers", "all_classes",
-"length", "_id"}``; a rerun skips the ids already there. Decoding is pure greedy: the model's sampling
+Each finished batch of records is appended at once to ``<task>.jsonl`` as ``{"pred", "answers", "all_classes",
+"length", "_id"}`` lines; a rerun skips the ids already there. A process killed while appending leaves at worst a
+cut last line, which the next reader drops (rewriting the file atomically), so every record ends up there once. Decoding is pure greedy: the model's sampling
 defaults and repetition penalty are overridden, so a hub model and its GGUF conversion decode alike. samsum
 also stops at a newline, after at least one new token, as ``pred.py`` does.
 Batches are left-padded and grouped by prompt length to waste little padding.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +20,11 @@ import torch
 from tqdm import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from fairkv_hf.compat import cache_kwarg
 from fairkv_hf.eval.methods import Method
 from fairkv_hf.eval.prompting import build_prompt_ids
 from fairkv_hf.eval.tasks import TaskInfo
+from fairkv_hf.files import atomic_write, remove_stale_temps
 
 NEWLINE_STOP_TASKS = frozenset({"samsum"})
 
@@ -46,19 +49,35 @@ class RunStats:
     seconds: float = 0.0
 
 
+def _lines(rows: Iterable[Mapping[str, object]]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
 def read_predictions(path: Path) -> list[dict]:
-    """The complete lines of a prediction file; a line cut short by an interrupted run is dropped."""
+    """The complete lines of a prediction file.
+
+    A line cut short by a killed run is dropped, and the file is then rewritten atomically with the complete
+    lines only (also when its last line lacks the newline), so that the next append starts on a line of its own.
+    """
     if not path.exists():
         return []
+    text = path.read_text(encoding="utf-8")
     rows, dropped = [], False
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             dropped = True
-    if dropped:
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    if dropped or (text and not text.endswith("\n")):
+        remove_stale_temps(path)
+        atomic_write(path, _lines(rows))
     return rows
+
+
+def append_predictions(path: Path, rows: Iterable[Mapping[str, object]]) -> None:
+    """Append rows to a prediction file as JSON lines, in one write that is flushed before returning."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(_lines(rows))
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, stop_at_newline: bool) -> list[int]:
@@ -94,7 +113,7 @@ def generate_batch(
         pad_token_id=pad,
     )
     cache = method.make_cache(model)
-    extra = {} if cache is None else {"past_key_values": cache}
+    extra = {} if cache is None else cache_kwarg(cache)
     out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config, **extra)[:, width:]
     texts = [tokenizer.decode(row, skip_special_tokens=True) for row in out]
     return texts, sum(_generated_length(row.tolist(), eos) for row in out)
@@ -127,19 +146,15 @@ def predict(
     stop = task.info.name in NEWLINE_STOP_TASKS
     bar = tqdm(total=len(todo), desc=f"{method.name} {task.info.name}", disable=not progress, unit="rec")
     start = time.perf_counter()
-    with open(out_file, "a", encoding="utf-8") as f:
-        for k in range(0, len(order), batch_size):
-            batch = order[k : k + batch_size]
-            texts, new_tokens = generate_batch(model, tokenizer, [prompts[i] for i in batch], task.max_new_tokens, method, stop)
-            for i, text in zip(batch, texts):
-                r = todo[i]
-                row = {"pred": text, "answers": r["answers"], "all_classes": r["all_classes"], "length": r["length"], "_id": r["_id"]}
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            f.flush()
-            stats.records += len(batch)
-            stats.prompt_tokens += sum(len(prompts[i]) for i in batch)
-            stats.new_tokens += new_tokens
-            bar.update(len(batch))
+    for k in range(0, len(order), batch_size):
+        batch = order[k : k + batch_size]
+        texts, new_tokens = generate_batch(model, tokenizer, [prompts[i] for i in batch], task.max_new_tokens, method, stop)
+        fields = ("answers", "all_classes", "length", "_id")
+        append_predictions(out_file, [{"pred": text} | {f: todo[i][f] for f in fields} for i, text in zip(batch, texts)])
+        stats.records += len(batch)
+        stats.prompt_tokens += sum(len(prompts[i]) for i in batch)
+        stats.new_tokens += new_tokens
+        bar.update(len(batch))
     stats.seconds = time.perf_counter() - start
     bar.close()
     return stats

@@ -7,12 +7,12 @@ so the merged folder scores and tabulates as if one process had made it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from fairkv_hf.eval.runner import read_predictions
+from fairkv_hf.eval.report import DamagedResultsError, read_results
+from fairkv_hf.eval.runner import append_predictions, read_predictions
 
 T = TypeVar("T")
 SAME_RUN_KEYS = ("model", "max_length", "dtype", "longbench_e")
@@ -32,9 +32,22 @@ def shard_records(records: Sequence[T], shard: tuple[int, int]) -> list[T]:
     return list(records[index::count])
 
 
-def _results(folder: Path) -> dict:
-    path = folder / "results.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+def check_shards(run_dir: Path, shard_dirs: Sequence[Path]) -> None:
+    """ValueError unless every shard's results.json is readable and describes the same run as the others and
+    as ``run_dir``'s (same ``SAME_RUN_KEYS`` where both have them): merging checks all shards before writing."""
+    folders = [Path(run_dir), *map(Path, shard_dirs)]
+    seen: dict[str, tuple[object, Path]] = {}
+    for folder in folders:
+        try:
+            results = read_results(folder)
+        except DamagedResultsError as err:
+            raise ValueError(f"{err}: rebuild it with 'fairkv-longbench report {folder}' first") from err
+        for key in SAME_RUN_KEYS:
+            if key not in results:
+                continue
+            value, where = seen.setdefault(key, (results[key], folder))
+            if value != results[key]:
+                raise ValueError(f"{folder} has {key}={results[key]!r} but {where} has {value!r}: merge shards of one run only")
 
 
 def merge_shard(run_dir: Path, shard_dir: Path) -> dict:
@@ -43,11 +56,8 @@ def merge_shard(run_dir: Path, shard_dir: Path) -> dict:
     The returned dict is the shard's ``results.json`` header plus the timing of each (method, task) whose
     predictions were all new, ready for ``write_report``; merging a shard twice adds nothing the second time.
     """
-    shard = _results(shard_dir)
-    run = _results(run_dir)
-    for key in SAME_RUN_KEYS:
-        if key in shard and key in run and shard[key] != run[key]:
-            raise ValueError(f"{shard_dir} has {key}={shard[key]!r} but {run_dir} has {run[key]!r}: merge shards of one run only")
+    check_shards(run_dir, [shard_dir])
+    shard = read_results(shard_dir)
     timing: dict[str, dict[str, dict]] = {}
     for method_dir in sorted(d for d in Path(shard_dir).iterdir() if d.is_dir()):
         for path in sorted(method_dir.glob("*.jsonl")):
@@ -58,8 +68,7 @@ def merge_shard(run_dir: Path, shard_dir: Path) -> dict:
             if not new:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            with open(target, "a", encoding="utf-8") as f:
-                f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in new)
+            append_predictions(target, new)
             entry = shard.get("timing", {}).get(method_dir.name, {}).get(path.stem)
             if entry is not None and len(new) == len(rows) == entry["records"]:
                 timing.setdefault(method_dir.name, {})[path.stem] = entry

@@ -1,11 +1,15 @@
-"""The LongBench v1 task table: every task's category, language, metric and prompting mode.
+"""The task table: every LongBench v1 task's category, language, metric and prompting mode, and the names of
+the generated RULER-style tasks.
 
 Prompt templates and generation lengths are not copied here: they are the official
-``config/dataset2prompt.json`` and ``config/dataset2maxlen.json``, read from the data folder.
+``config/dataset2prompt.json`` and ``config/dataset2maxlen.json``, read from the data folder. The RULER-style
+records themselves are made by ``ruler.py``; only their names live here, so every module can look a task up
+without importing the generator (which imports the runner, which imports this table).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -62,12 +66,28 @@ LONGBENCH_E_TASKS: tuple[str, ...] = (
 )
 
 
+RULER_KINDS = ("niah_single", "niah_multikey", "qa_hotpotqa")
+_RULER_NAME = re.compile(rf"^(?P<kind>{'|'.join(RULER_KINDS)})_(?P<length>\d+)$")
+
+
+def parse_ruler_name(name: str) -> tuple[str, int] | None:
+    """``niah_single_8192`` -> ("niah_single", 8192): a RULER-style task's kind and prompt length; None otherwise."""
+    match = _RULER_NAME.match(name)
+    return None if match is None else (match["kind"], int(match["length"]))
+
+
+def ruler_task_info(name: str) -> TaskInfo | None:
+    """TaskInfo of a RULER-style task name such as ``niah_single_8192``, or None for another name."""
+    parsed = parse_ruler_name(name)
+    if parsed is None:
+        return None
+    return TaskInfo(name, f"RULER {parsed[0]}", "en", "string_match", chat=True)
+
+
 def task_info(name: str) -> TaskInfo:
     """Look up a LongBench task or a generated RULER-style task (``niah_single_4096``, ...) by name."""
     if name in LONGBENCH_TASKS:
         return LONGBENCH_TASKS[name]
-    from fairkv_hf.eval.ruler import ruler_task_info
-
     info = ruler_task_info(name)
     if info is None:
         known = ", ".join(LONGBENCH_TASKS)
