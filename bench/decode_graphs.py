@@ -27,6 +27,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LogitsProcessorList
 import fairkv_hf  # noqa: F401
 from fairkv_hf import FairKVCache
 from fairkv_hf.cli.generate import StepClock
+from fairkv_hf.compat import cache_kwarg
 from fairkv_hf.graphs import enable_cuda_graphs
 
 
@@ -50,7 +51,7 @@ def run(model, inputs: dict, new: int, method: str, args) -> dict:
     kwargs = {}
     if method.startswith("fairkv"):
         reserve = new if method in ("fairkv_graphs", "fairkv_reserved") else None
-        kwargs["past_key_values"] = FairKVCache(model, policy=args.policy, budget=args.budget, max_new_tokens=reserve)
+        kwargs.update(cache_kwarg(FairKVCache(model, policy=args.policy, budget=args.budget, max_new_tokens=reserve)))
     elif method == "dynamic":
         model.set_attn_implementation("sdpa")
     elif method == "static_compile":
@@ -63,7 +64,7 @@ def run(model, inputs: dict, new: int, method: str, args) -> dict:
     out = model.generate(**inputs, max_new_tokens=new, min_new_tokens=new, do_sample=False,
                          logits_processor=LogitsProcessorList([clock]), **kwargs)
     steps = [b - a for a, b in zip(clock.times[3:], clock.times[4:])]
-    cache = kwargs.get("past_key_values")
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
     return {"ms_per_step": 1e3 * statistics.median(steps), "ms_min": 1e3 * min(steps), "ms_max": 1e3 * max(steps),
             "prefill_s": clock.times[0] - start, "total_s": time.perf_counter() - start,
             "tokens": out[:, inputs["input_ids"].shape[1]:].cpu(),

@@ -30,6 +30,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Logit
 import fairkv_hf  # noqa: F401  (registers the "fairkv" attention)
 from fairkv_hf import FairKVCache, parallel
 from fairkv_hf.cli.generate import StepClock
+from fairkv_hf.compat import cache_kwarg
 from fairkv_hf.graphs import enable_cuda_graphs
 from fairkv_hf.placement.plans import make_plan
 from fairkv_hf.placement.profile import HeadLoadProfile
@@ -83,7 +84,7 @@ def generate(model, inputs: dict, args: argparse.Namespace, reserve: bool = Fals
     clock = StepClock(model.device)
     marks = clock.times
     start = time.perf_counter()
-    out = model.generate(**inputs, past_key_values=cache, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+    out = model.generate(**inputs, **cache_kwarg(cache), max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
                          do_sample=False, output_logits=True, return_dict_in_generate=True,
                          logits_processor=LogitsProcessorList([clock]))
     width = inputs["input_ids"].shape[1]

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from fairkv_hf.compat import cache_kwarg
+
 NEW_TOKENS = 6
 WINDOW = 4
 
@@ -36,7 +38,7 @@ def generate(model, case: dict, seed: int = 0) -> dict:
     ids, mask = left_padded(case["lengths"])
     cache = FairKVCache(model, policy=policy_of(case["policy"]), budget=10, window=WINDOW)
     torch.manual_seed(seed)
-    out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), past_key_values=cache,
+    out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), **cache_kwarg(cache),
                          max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=case.get("sample", False))
     return {"tokens": out[:, ids.shape[1]:].tolist(), "kept": cache.kept_lengths().tolist()}
 
@@ -88,7 +90,7 @@ def smollm2_generate(model, tokenizer, plan_name: str) -> dict:
 
     inputs = longbench_batch(tokenizer)
     cache = FairKVCache(model, policy="ada_snapkv", budget=128)
-    out = model.generate(**inputs, past_key_values=cache, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    out = model.generate(**inputs, **cache_kwarg(cache), max_new_tokens=8, min_new_tokens=8, do_sample=False)
     return {"tokens": out[:, inputs["input_ids"].shape[1]:].tolist(), "kept": cache.kept_lengths().tolist(),
             "prompt_tokens": inputs["attention_mask"].sum(-1).tolist(), "plan": plan_name}
 

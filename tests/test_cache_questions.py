@@ -12,6 +12,7 @@ import torch
 from transformers import DynamicCache
 
 from fairkv_hf import FairKVCache, PyramidKVPolicy
+from fairkv_hf.compat import cache_kwarg
 from tests.conftest import left_padded, tiny_model
 
 NEW = 6
@@ -22,7 +23,7 @@ def _ask(model, cache, context: tuple, question: tuple) -> list:
     ids, mask = torch.cat([context[0], question[0]], 1), torch.cat([context[1], question[1]], 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        out = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=NEW,
+        out = model.generate(input_ids=ids, attention_mask=mask, **cache_kwarg(cache), max_new_tokens=NEW,
                              min_new_tokens=NEW, do_sample=False, pad_token_id=0)
     return out[:, ids.shape[1]:].tolist()
 
@@ -30,7 +31,7 @@ def _ask(model, cache, context: tuple, question: tuple) -> list:
 def _fill(model, cache, context: tuple):
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", FutureWarning)
-        model(input_ids=context[0], attention_mask=context[1], past_key_values=cache)
+        model(input_ids=context[0], attention_mask=context[1], **cache_kwarg(cache))
     return cache
 
 
@@ -74,7 +75,7 @@ def test_right_padding_is_refused() -> None:
     ids, mask = left_padded([12, 8])
     ids, mask = ids.flip(1), mask.flip(1)
     with pytest.raises(ValueError, match="padding_side = 'left'"):
-        model.generate(input_ids=ids, attention_mask=mask, past_key_values=FairKVCache(model, policy="full"),
+        model.generate(input_ids=ids, attention_mask=mask, **cache_kwarg(FairKVCache(model, policy="full")),
                        max_new_tokens=2, pad_token_id=0)
 
 
@@ -82,7 +83,7 @@ def test_use_cache_false_is_refused() -> None:
     model = tiny_model("llama")
     ids, mask = left_padded([12])
     with pytest.raises(ValueError, match="needs use_cache=True"):
-        model.generate(input_ids=ids, attention_mask=mask, past_key_values=FairKVCache(model, policy="full"),
+        model.generate(input_ids=ids, attention_mask=mask, **cache_kwarg(FairKVCache(model, policy="full")),
                        use_cache=False, max_new_tokens=2, pad_token_id=0)
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fairkv_hf import FairKVCache
+from fairkv_hf.compat import cache_kwarg
 from fairkv_hf.graphs import enable_cuda_graphs
 from tests.conftest import left_padded, tiny_model
 
@@ -20,7 +21,7 @@ def _generate(model, cache, lengths=(70, 41, 55)):
     ids, mask = left_padded(list(lengths))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        out = model.generate(input_ids=ids, attention_mask=mask, past_key_values=cache, max_new_tokens=NEW,
+        out = model.generate(input_ids=ids, attention_mask=mask, **cache_kwarg(cache), max_new_tokens=NEW,
                              min_new_tokens=NEW, do_sample=False, pad_token_id=0)
     return out[:, ids.shape[1]:]
 

@@ -370,7 +370,8 @@ def _sliding_window(config) -> int | None:
 
 
 class FairKVCache(Cache):
-    """Per-head variable-length KV cache: `model.generate(**inputs, past_key_values=FairKVCache(model, ...))`.
+    """Per-head variable-length KV cache: `model.generate(**inputs, cache=FairKVCache(model, ...))`
+    (`past_key_values=` before transformers 5.24; `fairkv_hf.compat.cache_kwarg` picks the keyword).
 
     Constructing it switches `model` to the "fairkv" attention implementation (restore another one with
     `model.set_attn_implementation("sdpa")`). `policy` is a name ("full", "snapkv", "ada_snapkv", "pyramidkv")

@@ -17,6 +17,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from fairkv_hf import FairKVCache, load_model
+from fairkv_hf.compat import cache_kwarg
 from fairkv_hf.models import DEFAULT_MODEL
 from fairkv_hf.parallel import PLAN_NAMES, prepare
 from fairkv_hf.parallel.collectives import launched_world_size
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace) -> dict:
     cache = FairKVCache(model, policy=args.policy, budget=args.budget, window=args.window)
     clock = StepClock(model.device)
     start = time.perf_counter()
-    out = model.generate(**inputs, past_key_values=cache, max_new_tokens=args.max_new_tokens, do_sample=False,
+    out = model.generate(**inputs, **cache_kwarg(cache), max_new_tokens=args.max_new_tokens, do_sample=False,
                          logits_processor=LogitsProcessorList([clock]), pad_token_id=tokenizer.pad_token_id)
     prompt_len = inputs["input_ids"].shape[1]
     kept = cache.kept_lengths().float()

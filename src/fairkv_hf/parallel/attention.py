@@ -57,7 +57,7 @@ class HeadParallelAttention(nn.Module):
         cache = cache if cache is not None else past_key_values
         if not isinstance(cache, FairKVCache):
             raise ValueError("a head-parallel model (fairkv_hf.parallel.prepare) runs with a FairKVCache only: pass "
-                             "past_key_values=FairKVCache(model, ...) (policy='full' for exact attention) and keep "
+                             "FairKVCache(model, ...) as the cache (policy='full' for exact attention) and keep "
                              f"use_cache=True; got {type(cache).__name__}")
         batch, length, _ = hidden_states.shape
         q = self.q_proj(hidden_states).view(batch, length, self.kv_heads * self.group, self.head_dim)

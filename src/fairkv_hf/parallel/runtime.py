@@ -4,7 +4,7 @@ User code is the same on every rank (launched by torchrun or accelerate launch):
 
     model, tokenizer = load_model(name)                      # every rank loads the whole model (CPU is fine)
     model = fairkv_hf.parallel.prepare(model, "fairkv", profile=profile)   # or "standard", a plan file, a device map
-    out = model.generate(**inputs, past_key_values=FairKVCache(model, policy="ada_snapkv", budget=128))
+    out = model.generate(**inputs, **cache_kwarg(FairKVCache(model, policy="ada_snapkv", budget=128)))
 
 Every rank calls generate() with the same inputs. After each all-reduce every rank holds the same bits, so greedy
 decoding agrees, and sampling agrees as long as every rank's random generator is in the same state (torch's
