@@ -43,15 +43,17 @@ def generate(model, case: dict, seed: int = 0) -> dict:
     return {"tokens": out[:, ids.shape[1]:].tolist(), "kept": cache.kept_lengths().tolist()}
 
 
-def run_rank(rank: int, world_size: int, port: int, cases: list[dict], out_dir: str) -> None:
-    """Join the group, then run every case on this rank (every rank runs the same list in the same order)."""
+def _join(rank: int, world_size: int, port: int, timeout_s: int) -> None:
+    """Set the launcher's environment for this rank, one thread, and join the gloo group."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=120))
-    import warnings
+    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=timeout_s))
 
-    warnings.simplefilter("ignore", FutureWarning)
+
+def run_rank(rank: int, world_size: int, port: int, cases: list[dict], out_dir: str) -> None:
+    """Join the group, then run every case on this rank (every rank runs the same list in the same order)."""
+    _join(rank, world_size, port, 120)
     from fairkv_hf import parallel
     from tests.conftest import tiny_model
 
@@ -97,13 +99,7 @@ def smollm2_generate(model, tokenizer, plan_name: str) -> dict:
 
 def run_smollm2_rank(rank: int, world_size: int, port: int, plans: dict, out_dir: str) -> None:
     """One rank of the real-model check: every plan in turn on a freshly loaded SmolLM2."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=300))
-    import warnings
-
-    warnings.simplefilter("ignore", FutureWarning)
+    _join(rank, world_size, port, 300)
     from fairkv_hf import load_model, parallel
 
     try:

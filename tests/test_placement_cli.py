@@ -16,3 +16,16 @@ def test_cli_writes_a_valid_plan(tmp_path, capsys):
     assert data["gpus"] == 4 and data["batch"] == 8 and len(data["layers"]) == 32
     assert "balance" in capsys.readouterr().out
 
+
+
+def test_cli_writes_the_plan_as_a_head_device_map_too(tmp_path):
+    from fairkv_hf.cli.plan import main
+    from fairkv_hf.placement import Plan
+    from fairkv_hf.placement.device_map import load_plan_file
+
+    out, device_map = tmp_path / "plan.json", tmp_path / "map.json"
+    assert main(["--duoattention", DUO, "--gpus", "4", "--batch", "8", "--out", str(out), "--device-map", str(device_map)]) == 0
+    plan = Plan.load(out)
+    back = load_plan_file(device_map, plan.profile, plan.gpus)
+    assert [[sorted((p.gpu, p.batch_fraction) for p in h) for h in l] for l in back.layers] == \
+        [[sorted((p.gpu, p.batch_fraction) for p in h) for h in l] for l in plan.layers]

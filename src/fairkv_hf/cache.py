@@ -395,7 +395,7 @@ class FairKVCache(Cache):
         if config.model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(
                 f"FairKVCache supports model types {SUPPORTED_MODEL_TYPES}, got {config.model_type!r}: its attention "
-                "must call past_key_values.update() right before the attention function, as Llama does."
+                "must call the cache's update() right before the attention function, as Llama does."
             )
         self.policy = copy.deepcopy(get_policy(policy, **policy_options))
         self.policy.bind(config.num_hidden_layers, config.num_key_value_heads or config.num_attention_heads)

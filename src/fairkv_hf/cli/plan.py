@@ -12,6 +12,7 @@ import numpy as np
 
 from fairkv_hf.cli.common import ArgumentParser, UsageError, positive_int, run_command
 from fairkv_hf.placement.converters import from_duoattention, from_headkv
+from fairkv_hf.placement.device_map import save_device_map
 from fairkv_hf.placement.plans import GIB, OBJECTIVES, make_plan
 from fairkv_hf.placement.profile import HeadLoadProfile
 from fairkv_hf.placement.simulate import robustness_ratios, simulate
@@ -38,6 +39,8 @@ def _parser() -> ArgumentParser:
     p.add_argument("--batch", type=positive_int, default=32, help="batch size the plan is optimised for")
     p.add_argument("--objective", choices=OBJECTIVES, default="time", help="predicted step time, or KV balance only")
     p.add_argument("--out", help="plan JSON to write (or the output folder with --simulate)")
+    p.add_argument("--device-map", help="also write the plan as a head device map JSON "
+                   "({\"model.layers.L.self_attn.kv_heads.H\": gpu | [gpus] | {gpu: fraction}})")
     p.add_argument("--robustness", help="per-input kept lengths (fairkv-profile --samples): compare the offline plan "
                                         "with per-input optimal plans instead of writing a plan")
     p.add_argument("--simulate", action="store_true", help="compare plans on every profile under --profiles-dir")
@@ -67,8 +70,10 @@ def _check_paths(args: argparse.Namespace) -> None:
             raise UsageError(f"--{option} {path} does not exist")
     if args.simulate and not Path(args.profiles_dir).is_dir():
         raise UsageError(f"--profiles-dir {args.profiles_dir} is not a folder: give the shared profiles folder")
-    if args.out and not args.simulate and not Path(args.out).parent.is_dir():
-        raise UsageError(f"--out {args.out}: the folder {Path(args.out).parent} does not exist")
+    for option in ("out", "device_map"):
+        path = getattr(args, option)
+        if path and not args.simulate and not Path(path).parent.is_dir():
+            raise UsageError(f"--{option.replace('_', '-')} {path}: the folder {Path(path).parent} does not exist")
 
 
 def _robustness_report(profile: HeadLoadProfile, samples_path: str, gpus: int) -> str:
@@ -104,6 +109,8 @@ def _plan(args: argparse.Namespace, argv: list[str] | None) -> None:
         raise UsageError("--out plan.json is required")
     plan = make_plan(_profile(args), gpus[0], args.batch, args.max_copies, args.mem_gib, objective=args.objective)
     f = plan.save(args.out)
+    if args.device_map:
+        save_device_map(plan, args.device_map)
     print(
         f"{plan.profile.model} on {plan.gpus} GPUs ({plan.objective} objective, batch {plan.batch}): balance {f['balance']:.3f} "
         f"(standard TP {f['standard_tp_balance']:.3f}, best effort {f['best_effort_balance']:.3f}, bound {f['lower_bound']:.3f}); "

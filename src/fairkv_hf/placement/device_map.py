@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from fairkv_hf.files import atomic_write
 from fairkv_hf.placement.cost import CostModel
 from fairkv_hf.placement.plans import Placement, Plan
 from fairkv_hf.placement.profile import HeadLoadProfile
@@ -100,4 +101,4 @@ def load_plan_file(path: str | Path, profile: HeadLoadProfile, gpus: int | None 
 
 def save_device_map(plan: Plan, path: str | Path) -> None:
     """Write the plan's head device map as JSON."""
-    Path(path).write_text(json.dumps(to_device_map(plan), indent=1) + "\n")
+    atomic_write(Path(path), json.dumps(to_device_map(plan), indent=1) + "\n")

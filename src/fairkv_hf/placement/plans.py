@@ -30,11 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from fairkv_hf.ranking import batch_rows
+from fairkv_hf.files import atomic_write
 from fairkv_hf.placement.bounds import layer_lower_bound
 from fairkv_hf.placement.cost import CostModel, GpuLoads
 from fairkv_hf.placement.profile import HeadLoadProfile
 from fairkv_hf.placement.search import solve_layer
+from fairkv_hf.ranking import batch_rows
 
 OBJECTIVES = ("time", "balance")
 ROUNDING_BATCHES = (8, 32, 128)
@@ -156,7 +157,7 @@ class Plan:
     def save(self, path: str | Path) -> dict[str, Any]:
         """Write the plan file as JSON; returns what was written."""
         data = self.to_dict()
-        Path(path).write_text(json.dumps(data, indent=1) + "\n")
+        atomic_write(Path(path), json.dumps(data, indent=1) + "\n")
         return data
 
     @classmethod

@@ -19,6 +19,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from fairkv_hf.files import atomic_write
+
 
 @dataclass(frozen=True)
 class HeadLoadProfile:
@@ -88,7 +90,7 @@ class HeadLoadProfile:
 
     def save(self, path: str | Path) -> None:
         """Write the profile as JSON."""
-        Path(path).write_text(json.dumps(self.to_dict()) + "\n")
+        atomic_write(Path(path), json.dumps(self.to_dict()) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> HeadLoadProfile:
