@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import os
+import weakref
 
 import pytest
 import torch
@@ -171,11 +173,37 @@ def test_cpu_kernel_matches_reference(monkeypatch: pytest.MonkeyPatch, in_place:
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5 if dtype == torch.float32 else 1.6e-2)
 
 
+def test_cpu_kernel_follows_a_layer_across_block_edges_and_pool_growth(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its cached view of each block table is refreshed when a segment takes a block or the pool grows."""
+    monkeypatch.setattr(cpu_kernel, "reads_in_place", lambda *args: True)
+    layer = _filled_layer("reference", [600, 300, 900, 1], 64)
+    gen = torch.Generator().manual_seed(3)
+    capacities = {layer.k_pool.shape[0]}
+    for _ in range(140):
+        layer._append(*(torch.randn(1, 4, 1, 64, generator=gen) for _ in range(2)))
+        capacities.add(layer.k_pool.shape[0])
+        inputs = (torch.randn(4, 3, 64, generator=gen), layer.k_pool, layer.v_pool, layer.block_table, layer.seq_lens)
+        torch.testing.assert_close(paged_decode_cpu(*inputs, 0.125, layer.max_len),
+                                   paged_decode_reference(*inputs, 0.125, layer.max_len), atol=1e-5, rtol=1e-5)
+    assert len(capacities) > 1
+
+
+def test_cpu_kernel_keeps_no_pool_alive() -> None:
+    layer = _filled_layer("reference", [900, 700], 64)
+    paged_decode_cpu(torch.randn(2, 3, 64), layer.k_pool, layer.v_pool, layer.block_table, layer.seq_lens, 0.125,
+                     layer.max_len)
+    pool = weakref.ref(layer.k_pool)
+    del layer
+    gc.collect()
+    assert pool() is None
+
+
 def test_cpu_kernel_reads_long_segments_in_place() -> None:
     """The cost rule: long segments are read in place, short ones (or a few long among many short) gathered."""
     assert cpu_kernel.reads_in_place(segments=3, max_seq_len=4127, stored_tokens=3 * 4127)
     assert cpu_kernel.reads_in_place(segments=3, max_seq_len=1400, stored_tokens=3000)
     assert not cpu_kernel.reads_in_place(segments=3, max_seq_len=200, stored_tokens=600)
+    assert not cpu_kernel.reads_in_place(segments=12, max_seq_len=300, stored_tokens=12 * 290)
 
 
 def test_varlen_refuses_cpu_tensors() -> None:
