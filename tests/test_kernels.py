@@ -13,11 +13,15 @@ ON_GPU = torch.cuda.is_available()
 if not ON_GPU:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from fairkv_hf.cache import FairKVLayer  # noqa: E402
+from transformers import DynamicCache  # noqa: E402
+
+from fairkv_hf.cache import FairKVCache, FairKVLayer  # noqa: E402
 from fairkv_hf.kernels import choose_backend, decode_attention, paged_decode_cpu, paged_decode_reference  # noqa: E402
 from fairkv_hf.kernels import cpu as cpu_kernel  # noqa: E402
 from fairkv_hf.kernels.varlen import paged_decode_varlen, varlen_available  # noqa: E402
 from fairkv_hf.policies import get_policy  # noqa: E402
+
+from .conftest import left_padded, tiny_model  # noqa: E402
 
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 BLOCK = 64
@@ -196,6 +200,22 @@ def test_cpu_kernel_keeps_no_pool_alive() -> None:
     del layer
     gc.collect()
     assert pool() is None
+
+
+def test_cpu_kernel_in_a_model_matches_dynamic_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end with segments read in place (a 700-token batch of two, 80 new tokens across block edges)."""
+    monkeypatch.delenv("FAIRKV_DECODE_BACKEND", raising=False)
+    assert cpu_kernel.reads_in_place(segments=4, max_seq_len=700, stored_tokens=4 * 650)
+    model = tiny_model("llama")
+    ids, mask = left_padded([700, 650])
+    options = dict(attention_mask=mask, max_new_tokens=80, min_new_tokens=80, do_sample=False, pad_token_id=0,
+                   output_logits=True, return_dict_in_generate=True)
+    want = model.generate(input_ids=ids, past_key_values=DynamicCache(), **options)
+    got = model.generate(input_ids=ids, past_key_values=FairKVCache(model, policy="full"), **options)
+    model.set_attn_implementation("sdpa")
+    assert torch.equal(got.sequences, want.sequences)
+    for a, b in zip(got.logits, want.logits):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
 
 
 def test_cpu_kernel_reads_long_segments_in_place() -> None:
