@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import os
+import weakref
 
 import pytest
 import torch
@@ -11,10 +13,15 @@ ON_GPU = torch.cuda.is_available()
 if not ON_GPU:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from fairkv_hf.cache import FairKVLayer  # noqa: E402
-from fairkv_hf.kernels import choose_backend, decode_attention, paged_decode_reference  # noqa: E402
+from transformers import DynamicCache  # noqa: E402
+
+from fairkv_hf.cache import FairKVCache, FairKVLayer  # noqa: E402
+from fairkv_hf.kernels import choose_backend, decode_attention, paged_decode_cpu, paged_decode_reference  # noqa: E402
+from fairkv_hf.kernels import cpu as cpu_kernel  # noqa: E402
 from fairkv_hf.kernels.varlen import paged_decode_varlen, varlen_available  # noqa: E402
 from fairkv_hf.policies import get_policy  # noqa: E402
+
+from .conftest import left_padded, tiny_model  # noqa: E402
 
 DEVICE = torch.device("cuda" if ON_GPU else "cpu")
 BLOCK = 64
@@ -117,20 +124,106 @@ def test_varlen_matches_reference() -> None:
 
 def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FAIRKV_DECODE_BACKEND", raising=False)
-    assert choose_backend(torch.device("cpu")) == "reference"
+    assert choose_backend(torch.device("cpu")) == "cpu"
     assert choose_backend(torch.device("cpu"), "varlen") == "varlen"
+    assert choose_backend(torch.device("cpu"), "reference") == "reference"
     monkeypatch.setenv("FAIRKV_DECODE_BACKEND", "triton")
     assert choose_backend(torch.device("cpu")) == "triton"
     monkeypatch.setenv("FAIRKV_DECODE_BACKEND", "flash")
-    with pytest.raises(ValueError, match="choose one of reference, triton, varlen"):
+    with pytest.raises(ValueError, match="choose one of reference, cpu, triton, varlen"):
         choose_backend(torch.device("cpu"))
 
 
-def test_decode_attention_default_on_cpu_is_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_decode_attention_default_on_cpu_is_cpu_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FAIRKV_DECODE_BACKEND", raising=False)
     inputs = [t.cpu() for t in make_inputs(3, 64, torch.float32)]
     out = decode_attention(*inputs, 0.125, max(LENGTHS))
-    assert torch.equal(out, paged_decode_reference(*inputs, 0.125, max(LENGTHS)))
+    assert torch.equal(out, paged_decode_cpu(*inputs, 0.125, max(LENGTHS)))
+
+
+def _cache_layout(lengths: list[int], appended: int, groups: int, dim: int, dtype: torch.dtype):
+    """Inputs laid out as FairKVLayer lays them out: each prompt one run of blocks, `appended` decoded tokens after."""
+    layer = _filled_layer("reference", lengths, dim)
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(appended):
+        layer._append(*(torch.randn(1, len(lengths), 1, dim, generator=gen) for _ in range(2)))
+    q = torch.randn(len(lengths), groups, dim, generator=gen)
+    return [t.to(dtype) if t.is_floating_point() else t for t in (q, layer.k_pool, layer.v_pool)] + [
+        layer.block_table, layer.seq_lens]
+
+
+# Uniform, very skewed (1 token next to 1,000), block edges (63/64/65, 127/128/129); "decoded" appends 70 tokens.
+CPU_LENGTHS = {"uniform": [300] * 4, "skewed": [1, 2, 1000, 63, 64, 129], "edges": LENGTHS + [63, 128, 129, 191]}
+
+
+@pytest.mark.parametrize("layout", ["scattered", "prompt_only", "decoded"])
+@pytest.mark.parametrize("lengths", CPU_LENGTHS.values(), ids=CPU_LENGTHS.keys())
+@pytest.mark.parametrize("groups", [1, 3, 4, 7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("in_place", [True, False], ids=["in_place", "gathered"])
+def test_cpu_kernel_matches_reference(monkeypatch: pytest.MonkeyPatch, in_place: bool, dtype: torch.dtype,
+                                      groups: int, lengths: list[int], layout: str) -> None:
+    """Both of its paths (segments read in place, everything gathered), with NaN in every slot no segment stores."""
+    monkeypatch.setattr(cpu_kernel, "reads_in_place", lambda *args: in_place)
+    if layout == "scattered":
+        inputs = [t.cpu() for t in make_inputs(groups, 64, dtype, lengths)]
+    else:
+        inputs = _cache_layout(lengths, appended=70 if layout == "decoded" else 0, groups=groups, dim=64, dtype=dtype)
+    _poison_unused_slots(*inputs[1:])
+    max_len = int(inputs[-1].max())
+    ref = paged_decode_reference(*inputs, 0.125, max_len)
+    out = paged_decode_cpu(*inputs, 0.125, max_len)
+    assert out.dtype == dtype and torch.isfinite(ref).all()
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5 if dtype == torch.float32 else 1.6e-2)
+
+
+def test_cpu_kernel_follows_a_layer_across_block_edges_and_pool_growth(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its cached view of each block table is refreshed when a segment takes a block or the pool grows."""
+    monkeypatch.setattr(cpu_kernel, "reads_in_place", lambda *args: True)
+    layer = _filled_layer("reference", [600, 300, 900, 1], 64)
+    gen = torch.Generator().manual_seed(3)
+    capacities = {layer.k_pool.shape[0]}
+    for _ in range(140):
+        layer._append(*(torch.randn(1, 4, 1, 64, generator=gen) for _ in range(2)))
+        capacities.add(layer.k_pool.shape[0])
+        inputs = (torch.randn(4, 3, 64, generator=gen), layer.k_pool, layer.v_pool, layer.block_table, layer.seq_lens)
+        torch.testing.assert_close(paged_decode_cpu(*inputs, 0.125, layer.max_len),
+                                   paged_decode_reference(*inputs, 0.125, layer.max_len), atol=1e-5, rtol=1e-5)
+    assert len(capacities) > 1
+
+
+def test_cpu_kernel_keeps_no_pool_alive() -> None:
+    layer = _filled_layer("reference", [900, 700], 64)
+    paged_decode_cpu(torch.randn(2, 3, 64), layer.k_pool, layer.v_pool, layer.block_table, layer.seq_lens, 0.125,
+                     layer.max_len)
+    pool = weakref.ref(layer.k_pool)
+    del layer
+    gc.collect()
+    assert pool() is None
+
+
+def test_cpu_kernel_in_a_model_matches_dynamic_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end with segments read in place (a 700-token batch of two, 80 new tokens across block edges)."""
+    monkeypatch.delenv("FAIRKV_DECODE_BACKEND", raising=False)
+    assert cpu_kernel.reads_in_place(segments=4, max_seq_len=700, stored_tokens=4 * 650)
+    model = tiny_model("llama")
+    ids, mask = left_padded([700, 650])
+    options = dict(attention_mask=mask, max_new_tokens=80, min_new_tokens=80, do_sample=False, pad_token_id=0,
+                   output_logits=True, return_dict_in_generate=True)
+    want = model.generate(input_ids=ids, past_key_values=DynamicCache(), **options)
+    got = model.generate(input_ids=ids, past_key_values=FairKVCache(model, policy="full"), **options)
+    model.set_attn_implementation("sdpa")
+    assert torch.equal(got.sequences, want.sequences)
+    for a, b in zip(got.logits, want.logits):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+def test_cpu_kernel_reads_long_segments_in_place() -> None:
+    """The cost rule: long segments are read in place, short ones (or a few long among many short) gathered."""
+    assert cpu_kernel.reads_in_place(segments=3, max_seq_len=4127, stored_tokens=3 * 4127)
+    assert cpu_kernel.reads_in_place(segments=3, max_seq_len=1400, stored_tokens=3000)
+    assert not cpu_kernel.reads_in_place(segments=3, max_seq_len=200, stored_tokens=600)
+    assert not cpu_kernel.reads_in_place(segments=12, max_seq_len=300, stored_tokens=12 * 290)
 
 
 def test_varlen_refuses_cpu_tensors() -> None:

@@ -1,8 +1,8 @@
 """Decode attention over the paged per-head KV store, with the backend chosen per device.
 
-CPU: pure-torch reference. CUDA: the Triton split-K kernel when triton imports, else torch's varlen_attn
-when it reads paged pools, else the reference. FAIRKV_DECODE_BACKEND=reference|triton|varlen (or the
-`backend` argument) forces one, so benchmarks can compare them.
+CPU: the torch kernel of cpu.py (segments read in place). CUDA: the Triton split-K kernel when triton imports, else
+torch's varlen_attn when it reads paged pools, else the reference. FAIRKV_DECODE_BACKEND=reference|cpu|triton|varlen
+(or the `backend` argument) forces one, so benchmarks can compare them; the pure-torch reference is the test oracle.
 """
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ import os
 
 import torch
 
+from fairkv_hf.kernels.cpu import paged_decode_cpu
 from fairkv_hf.kernels.reference import paged_decode_reference
 from fairkv_hf.kernels.varlen import paged_decode_varlen, varlen_available
 
-BACKENDS = ("reference", "triton", "varlen")
+BACKENDS = ("reference", "cpu", "triton", "varlen")
 ENV_VAR = "FAIRKV_DECODE_BACKEND"
 
-__all__ = ["BACKENDS", "choose_backend", "decode_attention", "paged_decode_reference", "paged_decode_varlen",
-           "varlen_available"]
+__all__ = ["BACKENDS", "choose_backend", "decode_attention", "paged_decode_cpu", "paged_decode_reference",
+           "paged_decode_varlen", "varlen_available"]
 
 
 def choose_backend(device: torch.device, backend: str | None = None) -> str:
@@ -32,7 +33,7 @@ def choose_backend(device: torch.device, backend: str | None = None) -> str:
                              f"choose one of {', '.join(BACKENDS)}")
         return backend
     if device.type != "cuda":
-        return "reference"
+        return "cpu"
     return _cuda_default()
 
 
@@ -62,4 +63,6 @@ def decode_attention(
         return paged_decode_triton(q, k_pool, v_pool, block_table, seq_lens, scale, max_seq_len)
     if chosen == "varlen":
         return paged_decode_varlen(q, k_pool, v_pool, block_table, seq_lens, scale, max_seq_len)
+    if chosen == "cpu":
+        return paged_decode_cpu(q, k_pool, v_pool, block_table, seq_lens, scale, max_seq_len)
     return paged_decode_reference(q, k_pool, v_pool, block_table, seq_lens, scale, max_seq_len)
