@@ -16,6 +16,7 @@ if not ON_GPU:
 from transformers import DynamicCache  # noqa: E402
 
 from fairkv_hf.cache import FairKVCache, FairKVLayer  # noqa: E402
+from fairkv_hf.compat import cache_kwarg  # noqa: E402
 from fairkv_hf.kernels import choose_backend, decode_attention, paged_decode_cpu, paged_decode_reference  # noqa: E402
 from fairkv_hf.kernels import cpu as cpu_kernel  # noqa: E402
 from fairkv_hf.kernels.varlen import paged_decode_varlen, varlen_available  # noqa: E402
@@ -210,8 +211,8 @@ def test_cpu_kernel_in_a_model_matches_dynamic_cache(monkeypatch: pytest.MonkeyP
     ids, mask = left_padded([700, 650])
     options = dict(attention_mask=mask, max_new_tokens=80, min_new_tokens=80, do_sample=False, pad_token_id=0,
                    output_logits=True, return_dict_in_generate=True)
-    want = model.generate(input_ids=ids, past_key_values=DynamicCache(), **options)
-    got = model.generate(input_ids=ids, past_key_values=FairKVCache(model, policy="full"), **options)
+    want = model.generate(input_ids=ids, **cache_kwarg(DynamicCache()), **options)
+    got = model.generate(input_ids=ids, **cache_kwarg(FairKVCache(model, policy="full")), **options)
     model.set_attn_implementation("sdpa")
     assert torch.equal(got.sequences, want.sequences)
     for a, b in zip(got.logits, want.logits):
