@@ -15,7 +15,8 @@ carried in .carry/profiles). A reduced-depth shape takes the table rows of evenl
 Weights are random (throughput does not depend on them) and the cache is filled with random K/V of the table's
 per-head lengths (fairkv_hf.synthetic: a 32K x 32-row prefill would take longer than the measurement); decoding is
 the library's real path: head-parallel attention, split MLP and lm_head, decode capacity reserved and every step
-replayed from a CUDA graph. Per setup and rank: wall ms per step (median of rounds), summed kernel time, FairKV
+replayed from a CUDA graph, RMSNorm / SiLU gate / rotary fused (fairkv_hf.fusion; --no-fuse keeps the stock ops).
+Per setup and rank: wall ms per step (median of rounds), summed kernel time, FairKV
 attention kernel time per layer and the communication kernels (torch.profiler over replayed steps).
 
 The cost model's attention term is then fitted to the measured per-(layer, rank) attention kernel times (K/V
@@ -45,6 +46,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 import fairkv_hf  # noqa: F401  (registers the "fairkv" attention)
 from fairkv_hf import FairKVCache, parallel
 from fairkv_hf.compat import cache_kwarg
+from fairkv_hf.fusion import fuse_decode_ops
 from fairkv_hf.graphs import enable_cuda_graphs
 from fairkv_hf.placement.converters import ModelShape, from_duoattention, from_headkv
 from fairkv_hf.placement.cost import CostModel
@@ -55,7 +57,7 @@ from fairkv_hf.synthetic import fill_random
 SHAPES = {  # published configs: hidden, intermediate, query heads, KV heads, head_dim, vocab, full depth
     "llama8b": dict(hidden=4096, intermediate=14336, heads=32, kv_heads=8, head_dim=128, vocab=128256, layers=32),
     "llama70b": dict(hidden=8192, intermediate=28672, heads=64, kv_heads=8, head_dim=128, vocab=128256, layers=80),
-    "tiny": dict(hidden=256, intermediate=512, heads=16, kv_heads=8, head_dim=16, vocab=1024, layers=4),
+    "tiny": dict(hidden=512, intermediate=1024, heads=8, kv_heads=8, head_dim=64, vocab=1024, layers=4),
 }
 DUO_GATES = "duoattention/Meta-Llama-3.1-8B-Instruct.full_attention_heads.tsv"
 HEADKV_SCORES = "headkv/Meta-Llama-3-8B-Instruct_retrieval_reasoning_heads.json"
@@ -135,6 +137,8 @@ def measure(args, shape: str, lengths: torch.Tensor, plan: Plan, batch: int, dev
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(model_config(shape, args.layers), dtype=args.dtype)
     model = parallel.prepare(model.eval(), plan, batch=batch, device=device)
+    if args.fuse and device.type == "cuda":
+        fuse_decode_ops(model)
     steps = 3 + args.rounds * args.steps + args.profile_steps
     cache = FairKVCache(model, policy="full", max_new_tokens=steps)
     fill_random(cache, lengths.expand(-1, batch, -1), args.context, device, args.dtype)
@@ -314,6 +318,8 @@ def main() -> None:
     parser.add_argument("--profiles", type=Path, default=Path(".carry/profiles"), help="a copy of shared/profiles")
     parser.add_argument("--cost", type=Path, help="plan with the fitted cost model of an earlier run's JSON")
     parser.add_argument("--no-refit", action="store_true", help="skip the fit, re-plan and re-measure pass")
+    parser.add_argument("--no-fuse", dest="fuse", action="store_false",
+                        help="keep the stock RMSNorm / MLP / rotary ops (fairkv_hf.fusion fuses them by default)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results")))
     args = parser.parse_args()
@@ -373,12 +379,13 @@ def write(args, rows, world, bandwidth, cost, fitted, all_reduce, device) -> Non
     """JSON (every figure, device named) and markdown; the table printed last."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     meta = {"device": name, "gpus": world, "torch": torch.__version__, "transformers": transformers.__version__,
-            "shape": args.shape, "layers": args.layers, "context": args.context, "dtype": str(args.dtype),
+            "shape": args.shape, "layers": args.layers, "fused_ops": args.fuse, "context": args.context, "dtype": str(args.dtype),
             "copy_bandwidth_Bps": bandwidth, "planning_cost_model": cost.to_dict(),
             "fitted_cost_model": fitted.to_dict() if fitted else None, "all_reduce": all_reduce,
             "command": f"torchrun --nproc-per-node {world} bench/tp_throughput.py --shape {args.shape} --layers {args.layers} "
                        f"--context {args.context} --batches {' '.join(map(str, args.batches))} --tables {' '.join(args.tables)} "
-                       f"--headkv-budget {args.headkv_budget}" + (f" --cost {args.cost}" if args.cost else "")}
+                       f"--headkv-budget {args.headkv_budget}" + (f" --cost {args.cost}" if args.cost else "")
+                       + ("" if args.fuse else " --no-fuse") + (" --no-refit" if args.no_refit else "")}
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"tp_throughput_{args.shape}"
     (args.out / f"{stem}.json").write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
@@ -390,6 +397,7 @@ def write(args, rows, world, bandwidth, cost, fitted, all_reduce, device) -> Non
             + (f"\nall-reduce: {json.dumps(all_reduce)}\n" if all_reduce else "")
             + (f"\nfitted cost model: {json.dumps(fitted.to_dict())}\n" if fitted else ""))
     (args.out / f"{stem}.md").write_text(text)
+    (args.out / f"{stem}.partial.json").unlink(missing_ok=True)
     print(text)
 
 

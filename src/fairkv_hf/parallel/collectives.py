@@ -80,13 +80,13 @@ def init_symmetric_sums(device: torch.device) -> bool:
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     """The sum of `x` over all ranks, accumulated in float32 (module docstring), in `x`'s dtype."""
-    total = x.float()
     buffer = _symmetric.get(x.device)
-    if buffer is not None and total.numel() <= buffer.numel() and os.environ.get(ALL_REDUCE_ENV, "auto") != "nccl":
-        staged = buffer[: total.numel()]
-        staged.copy_(total.view(-1))
-        total = torch.ops.symm_mem.one_shot_all_reduce(staged, "sum", dist.group.WORLD.group_name).view_as(total)
+    if buffer is not None and x.numel() <= buffer.numel() and os.environ.get(ALL_REDUCE_ENV, "auto") != "nccl":
+        staged = buffer[: x.numel()]
+        staged.copy_(x.reshape(-1))  # to float32 in the same kernel
+        total = torch.ops.symm_mem.one_shot_all_reduce(staged, "sum", dist.group.WORLD.group_name).view(x.shape)
     else:
+        total = x.float()
         dist.all_reduce(total)
     return total if x.dtype == torch.float32 else total.to(x.dtype)
 
