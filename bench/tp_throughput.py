@@ -219,9 +219,10 @@ def summarise(ranks: list[dict], setup: dict) -> dict:
     return row
 
 
-def fit_attention(rows: list[dict], plans: dict, bandwidth: float) -> CostModel:
+def fit_cost(rows: list[dict], plans: dict, bandwidth: float) -> CostModel:
     """Least squares of measured attention kernel ms per (layer, rank) on the K/V bytes the plan puts there:
-    t = bytes / kv_bandwidth + constant; weights read at the measured copy bandwidth."""
+    t = bytes / kv_bandwidth + constant; weights read at the measured copy bandwidth; copy_s = what the step
+    outside the attention kernels gains under a plan with row slices over standard TP, per layer that has them."""
     x, y = [], []
     for row in rows:
         if "attention_ms_per_layer" not in row:
@@ -231,7 +232,16 @@ def fit_attention(rows: list[dict], plans: dict, bandwidth: float) -> CostModel:
         x.extend(kv.ravel())
         y.extend(np.array(row["attention_ms_per_layer"]).ravel() / 1e3)
     slope, intercept = np.polyfit(np.array(x), np.array(y), 1)
-    return CostModel(kv_bandwidth=float(1 / slope), weight_bandwidth=bandwidth, constant_s=float(max(intercept, 0.0)))
+    rest = {r["key"]: r["wall_ms"] - r["attention_critical_ms"] for r in rows if "attention_critical_ms" in r}
+    extra = []
+    for row in rows:
+        plan, _ = plans[row["key"]]
+        sliced = int(plan.loads().row_slices.any(axis=1).sum())
+        standard = f"{row['group']}/standard"
+        if sliced and row["key"] in rest and standard in rest:
+            extra.append((rest[row["key"]] - rest[standard]) / 1e3 / sliced)
+    return CostModel(kv_bandwidth=float(1 / slope), weight_bandwidth=bandwidth, constant_s=float(max(intercept, 0.0)),
+                     copy_s=float(max(np.median(extra), 0.0)) if extra else 0.0)
 
 
 def predict(rows: list[dict], plans: dict, cost: CostModel, label: str) -> None:
@@ -358,7 +368,7 @@ def main() -> None:
                           "comm_ms_symmetric": symm.get("comm_ms"), "comm_ms_nccl": nccl_rows[0].get("comm_ms")}
     fitted = None
     if cuda and not args.no_refit:
-        box = [fit_attention(rows, plans, bandwidth) if rank == 0 else None]
+        box = [fit_cost(rows, plans, bandwidth) if rank == 0 else None]
         dist.broadcast_object_list(box, src=0)
         fitted = box[0]
         for group, profile, batch in groups:
@@ -368,8 +378,9 @@ def main() -> None:
                     run_setup(args, rows, plans, group, name, prof, plan, batch, device, world, replanned=True)
     if rank == 0:
         predict(rows, plans, cost, "planning")
-        if fitted is not None:
-            predict(rows, plans, fitted, "fitted")
+        final = fitted or (cost if args.cost else None)  # --cost plans with an earlier run's fitted model
+        if final is not None:
+            predict(rows, plans, final, "fitted")
         write(args, rows, world, bandwidth, cost, fitted, all_reduce, device)
     dist.barrier()
     dist.destroy_process_group()
