@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
+    LlamaForCausalLM,
     MistralConfig,
     Qwen2Config,
     PreTrainedTokenizerBase,
@@ -26,6 +28,8 @@ from fairkv_hf.models import DEFAULT_MODEL, load_model, resolve_model_path
 
 VOCAB = 256
 SHARED = Path(__file__).resolve().parents[2] / "shared"  # the shared/ folder beside the checkout
+TINY_TASKS = ("samsum", "2wikimqa")  # the LongBench tasks of tiny_run_inputs' data folder
+TINY_RECORDS = 4  # records per task there
 
 
 def tiny_config(family: str, layers: int = 2):
@@ -84,3 +88,25 @@ def tokenizer() -> PreTrainedTokenizerBase:
 def model_and_tokenizer():
     """The embedded default model (SmolLM2-135M-Instruct, float32) and its tokenizer, loaded once."""
     return load_model(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def tiny_run_inputs(tmp_path_factory, tokenizer) -> tuple[Path, Path]:
+    """A tiny random Llama folder (the embedded model's tokenizer) and a LongBench folder of TINY_RECORDS short records
+    for each of TINY_TASKS (3 new tokens): fairkv-longbench runs on them in seconds."""
+    root = tmp_path_factory.mktemp("tiny_run_inputs")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    data = root / "data"
+    (data / "config").mkdir(parents=True)
+    (data / "config" / "dataset2prompt.json").write_text(json.dumps({t: "{context}\nQuestion: {input}\nAnswer:" for t in TINY_TASKS}))
+    (data / "config" / "dataset2maxlen.json").write_text(json.dumps({t: 3 for t in TINY_TASKS}))
+    for task in TINY_TASKS:
+        rows = [{"_id": f"{task}-{i}", "input": f"question {i}?", "context": f"Some context number {i}. " * (i + 1),
+                 "answers": [f"answer {i}"], "all_classes": None, "length": 5 * (i + 1)} for i in range(TINY_RECORDS)]
+        (data / f"{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root / "model", data

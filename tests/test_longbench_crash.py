@@ -2,8 +2,9 @@
 prediction file exactly once, results.json is whole, nothing temporary is left; and a damaged results.json is
 rebuilt from the prediction files (``report``) or named in the error (``merge``).
 
-The runs use a tiny random Llama with the embedded model's tokenizer and a small local LongBench folder, in
-forked children (no new interpreter to start): a child arms one kill point, runs ``main`` and dies there.
+The runs use a tiny random Llama with the embedded model's tokenizer and a small local LongBench folder (conftest's
+``tiny_run_inputs``), in forked children (no new interpreter to start): a child arms one kill point, runs ``main``
+and dies there.
 """
 
 from __future__ import annotations
@@ -16,36 +17,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from fairkv_hf.cli.longbench import main
 from fairkv_hf.eval import runner
 from fairkv_hf.eval.runner import read_predictions
 
-TASKS = ("samsum", "2wikimqa")
-RECORDS = 4
+from .conftest import TINY_RECORDS, TINY_TASKS
+
 METHODS = ("full", "fairkv-full")  # unbudgeted: no score-vs-budget plot to draw (seconds per run)
-
-
-@pytest.fixture(scope="module")
-def tiny_run_inputs(tmp_path_factory, tokenizer) -> tuple[Path, Path]:
-    """A tiny random model folder and a LongBench folder of RECORDS short records per task (3 new tokens)."""
-    root = tmp_path_factory.mktemp("crash_inputs")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    data = root / "data"
-    (data / "config").mkdir(parents=True)
-    (data / "config" / "dataset2prompt.json").write_text(json.dumps({t: "{context}\nQuestion: {input}\nAnswer:" for t in TASKS}))
-    (data / "config" / "dataset2maxlen.json").write_text(json.dumps({t: 3 for t in TASKS}))
-    for task in TASKS:
-        rows = [{"_id": f"{task}-{i}", "input": f"question {i}?", "context": f"Some context number {i}. " * (i + 1),
-                 "answers": [f"answer {i}"], "all_classes": None, "length": 5 * (i + 1)} for i in range(RECORDS)]
-        (data / f"{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root / "model", data
 
 
 def _run_until_killed(argv: list[str], kill: tuple[str, str, int] | None) -> None:
@@ -116,21 +95,21 @@ KILLS = [
 def test_killed_runs_resume_with_every_record_exactly_once(tiny_run_inputs, tmp_path: Path) -> None:
     model, data = tiny_run_inputs
     out = tmp_path / "run"
-    argv = ["run", "--model", str(model), "--data-dir", str(data), "--tasks", ",".join(TASKS), "--methods",
+    argv = ["run", "--model", str(model), "--data-dir", str(data), "--tasks", ",".join(TINY_TASKS), "--methods",
             ",".join(METHODS), "--window", "4", "--max-length", "200", "--threads", "1", "--no-progress", "--out-dir", str(out)]
     for kill in KILLS:
         assert _run(argv, kill) == -signal.SIGKILL, f"the run was not killed at {kill}: that write did not happen"
         if (out / "results.json").exists():
             json.loads((out / "results.json").read_text())  # never a truncated results.json
     assert _run(argv) == 0
-    expected = sorted(f"{task}-{i}" for task in TASKS for i in range(RECORDS))
+    expected = sorted(f"{task}-{i}" for task in TINY_TASKS for i in range(TINY_RECORDS))
     for method in METHODS:
-        ids = sorted(r["_id"] for task in TASKS for r in read_predictions(out / method / f"{task}.jsonl"))
+        ids = sorted(r["_id"] for task in TINY_TASKS for r in read_predictions(out / method / f"{task}.jsonl"))
         assert ids == expected, method
     results = json.loads((out / "results.json").read_text())
-    assert results["records"] == {task: RECORDS for task in TASKS}
+    assert results["records"] == {task: TINY_RECORDS for task in TINY_TASKS}
     assert set(results["scores"]) == set(METHODS)
-    assert all(t["records"] <= RECORDS for per_task in results["timing"].values() for t in per_task.values())
+    assert all(t["records"] <= TINY_RECORDS for per_task in results["timing"].values() for t in per_task.values())
     assert [p.name for p in out.rglob("*") if ".tmp-" in p.name] == []  # the killed writers' temporaries are gone
     files = {p: p.read_bytes() for p in out.rglob("*.jsonl")}
     assert _run(argv) == 0  # a rerun of a finished run generates nothing

@@ -66,9 +66,15 @@ def test_cli_run_is_resumable(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert out.startswith("| task | full |") and "| multifieldqa_en (1) |" in out and "| niah_single_512 (1) |" in out
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["max_length"] == 700 and results["device"].startswith("cpu")
+    assert results["max_length"] == 700 and results["model"] == "smollm2-135m-instruct"
+    assert results["decoding"] == {"mode": "official", "repetition_penalty": 1.0}  # SmolLM2 ships no penalty
+    [command] = results["commands"]
+    assert command["command"] == "fairkv-longbench " + " ".join(args) and command["device"].startswith("cpu")
+    assert set(command["versions"]) == {"torch", "transformers", "python"}
     assert results["timing"]["full"]["multifieldqa_en"]["records"] == 1
     first = (tmp_path / "full" / "multifieldqa_en.jsonl").read_text()
     main(args)
     assert (tmp_path / "full" / "multifieldqa_en.jsonl").read_text() == first
+    assert main(args + ["--greedy"]) == 2  # the folder was decoded with the model's own config
+    assert "this command has decoding={'mode': 'greedy'" in capsys.readouterr().err
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import types
 
 import pytest
+from transformers import AutoModelForCausalLM
 
 from fairkv_hf.eval.methods import Method, parse_method
-from fairkv_hf.eval.runner import EvalTask, generate_batch, predict, read_predictions
+from fairkv_hf.eval.runner import EvalTask, decoding, generate_batch, generation_config, predict, read_predictions
 from fairkv_hf.eval.tasks import LONGBENCH_TASKS
 
 QUESTIONS = ["What is the capital of France?", "Name a primary colour.", "How many legs does a spider have?"]
@@ -93,3 +94,18 @@ def test_newline_stop(model_and_tokenizer) -> None:
     assert free[0].strip("\n").count("\n") >= 2
     assert stopped[0] and not stopped[0].startswith("\n")
     assert "\n" not in stopped[0].rstrip("\n")
+
+
+def test_official_decoding_keeps_the_models_generation_config(tiny_run_inputs, tokenizer) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_run_inputs[0]).eval()
+    model.generation_config.update(repetition_penalty=3.0, do_sample=True, temperature=0.7, top_p=0.8, top_k=20)
+    official = generation_config(model, 12, [2], 0, stop_at_newline=False, greedy=False)
+    assert (official.repetition_penalty, official.do_sample, official.num_beams, official.top_p) == (3.0, False, 1, 1.0)
+    assert generation_config(model, 12, [2], 0, stop_at_newline=False, greedy=True).repetition_penalty == 1.0
+    assert model.generation_config.do_sample  # the model's own config is left as it was
+    assert decoding(model.generation_config, greedy=False) == {"mode": "official", "repetition_penalty": 3.0}
+    assert decoding(model.generation_config, greedy=True) == {"mode": "greedy", "repetition_penalty": 1.0}
+    prompt = [tokenizer("Some context number 1. Question: what?").input_ids]
+    penalised, _ = generate_batch(model, tokenizer, prompt, 12, parse_method("full"))
+    plain, _ = generate_batch(model, tokenizer, prompt, 12, parse_method("full"), greedy=True)
+    assert penalised != plain  # the random model repeats itself; the model's penalty stops that only by default

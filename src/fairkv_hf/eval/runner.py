@@ -2,14 +2,18 @@
 
 Each finished batch of records is appended at once to ``<task>.jsonl`` as ``{"pred", "answers", "all_classes",
 "length", "_id"}`` lines; a rerun skips the ids already there. A process killed while appending leaves at worst a
-cut last line, which the next reader drops (rewriting the file atomically), so every record ends up there once. Decoding is pure greedy: the model's sampling
-defaults and repetition penalty are overridden, so a hub model and its GGUF conversion decode alike. samsum
-also stops at a newline, after at least one new token, as ``pred.py`` does.
-Batches are left-padded and grouped by prompt length to waste little padding.
+cut last line, which the next reader drops (rewriting the file atomically), so every record ends up there once.
+
+Decoding is greedy search on the model's own generation config by default, as the official ``pred.py`` calls
+``generate`` (so a repetition penalty the model ships, e.g. Qwen2.5's 1.05-1.1, applies); ``greedy=True`` sets the
+repetition penalty to 1 (a hub model and its GGUF conversion, which ships none, then decode alike).
+samsum also stops at a newline, after at least one new token, as ``pred.py`` does. Batches are left-padded and
+grouped by prompt length to waste little padding.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,6 +31,9 @@ from fairkv_hf.eval.tasks import TaskInfo
 from fairkv_hf.files import atomic_write, remove_stale_temps
 
 NEWLINE_STOP_TASKS = frozenset({"samsum"})
+# transformers' neutral values of settings only sampling reads: greedy search ignores them, and transformers warns
+# about any other value when sampling is off (None would be refilled from the model's config)
+SAMPLING_NEUTRAL = {"temperature": 1.0, "top_k": 50, "top_p": 1.0, "typical_p": 1.0}
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,34 @@ def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, stop_at
     return ids
 
 
+def decoding(model_config: GenerationConfig, greedy: bool) -> dict[str, object]:
+    """What a run's results.json records about decoding with the model's generation config: the mode and the
+    repetition penalty it applies."""
+    penalty = 1.0 if greedy else model_config.repetition_penalty
+    return {"mode": "greedy" if greedy else "official", "repetition_penalty": float(penalty or 1.0)}
+
+
+def generation_config(
+    model: PreTrainedModel, max_new_tokens: int, eos: list[int], pad: int, stop_at_newline: bool, greedy: bool
+) -> GenerationConfig:
+    """Greedy search on a copy of the model's generation config, as pred.py calls ``generate`` (a repetition penalty
+    the model ships applies); ``greedy`` also sets the repetition penalty to 1 (transformers fills every setting
+    left unset from the model's config, so a fresh config would not drop it)."""
+    config = copy.deepcopy(model.generation_config)
+    config.update(
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=1 if stop_at_newline else 0,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        **SAMPLING_NEUTRAL,
+    )
+    if greedy:
+        config.repetition_penalty = 1.0
+    return config
+
+
 @torch.inference_mode()
 def generate_batch(
     model: PreTrainedModel,
@@ -96,6 +131,7 @@ def generate_batch(
     max_new_tokens: int,
     method: Method,
     stop_at_newline: bool = False,
+    greedy: bool = False,
 ) -> tuple[list[str], int]:
     """Greedy continuations of left-padded prompts, and the number of new tokens generated."""
     eos = _eos_ids(model, tokenizer, stop_at_newline)
@@ -103,15 +139,7 @@ def generate_batch(
     width = max(len(p) for p in prompts)
     input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=model.device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        min_new_tokens=1 if stop_at_newline else 0,
-        do_sample=False,
-        num_beams=1,
-        repetition_penalty=1.0,
-        eos_token_id=eos,
-        pad_token_id=pad,
-    )
+    config = generation_config(model, max_new_tokens, eos, pad, stop_at_newline, greedy)
     cache = method.make_cache(model)
     extra = {} if cache is None else cache_kwarg(cache)
     out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config, **extra)[:, width:]
@@ -133,6 +161,7 @@ def predict(
     max_length: int,
     batch_size: int = 1,
     progress: bool = True,
+    greedy: bool = False,
 ) -> RunStats:
     """Append predictions for the task's records not yet in ``out_file``; return what this call did."""
     out_file.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +177,7 @@ def predict(
     start = time.perf_counter()
     for k in range(0, len(order), batch_size):
         batch = order[k : k + batch_size]
-        texts, new_tokens = generate_batch(model, tokenizer, [prompts[i] for i in batch], task.max_new_tokens, method, stop)
+        texts, new_tokens = generate_batch(model, tokenizer, [prompts[i] for i in batch], task.max_new_tokens, method, stop, greedy)
         fields = ("answers", "all_classes", "length", "_id")
         append_predictions(out_file, [{"pred": text} | {f: todo[i][f] for f in fields} for i, text in zip(batch, texts)])
         stats.records += len(batch)
