@@ -202,3 +202,11 @@ def test_a_copy_is_kept_only_where_it_saves_more_than_its_fixed_cost():
     assert copies(kept) == [0, 0]
     with_copy = make_plan(profile, 2, 16, cost=cheap)
     assert with_copy.loads().layer_times(profile, dear, 16)[0].max() > kept.loads().layer_times(profile, dear, 16)[0].max()
+
+
+def test_the_fitted_gpu_kinds_plan_and_unknown_ones_are_refused():
+    h100 = CostModel.for_gpu("H100")
+    assert h100.copy_s > 0 and h100.kv_bandwidth < CostModel().kv_bandwidth
+    make_plan(from_duoattention(DUO), 2, 16, cost=h100).validate()
+    with pytest.raises(ValueError, match="no fitted cost model for GPU 'b200'"):
+        CostModel.for_gpu("b200")
