@@ -26,7 +26,7 @@ import transformers
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from fairkv_hf import FairKVCache, load_model
-from fairkv_hf.cli.common import ArgumentParser, UsageError, device_arg, positive_int, run_command
+from fairkv_hf.cli.common import ArgumentParser, UsageError, device_arg, device_name, positive_int, run_command
 from fairkv_hf.compat import cache_kwarg
 from fairkv_hf.eval.methods import budget_policies
 from fairkv_hf.files import atomic_write
@@ -197,7 +197,7 @@ def _retrieval_heads(args: argparse.Namespace, argv: list[str]) -> None:
               "kv_heads": concentration(kv_head_scores(scores.mean(axis=0), shape.num_kv_heads))}
     card = {
         "command": "fairkv-profile " + shlex.join(argv),
-        "device": args.device,
+        "device": device_name(args.device),
         "dtype": args.dtype,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
         "prompts": {"lengths": args.lengths, "per_length": args.records, "seed": args.seed, "haystack": args.haystack,

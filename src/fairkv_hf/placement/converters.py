@@ -126,14 +126,8 @@ def from_duoattention(
     return _profile(f"{model} duoattention ctx={context} retrieval={retrieval_fraction:g}", shape, context, tokens)
 
 
-def from_headkv(
-    path: str | Path, budget: int = 128, beta: float = 1.01, shape: ModelShape | None = None
-) -> HeadLoadProfile:
-    """Profile of HeadKV at base budget ``budget`` and ``beta`` (rule in the module docstring)."""
-    if budget <= HEADKV_WINDOW:
-        raise ValueError(f"HeadKV budget must exceed the window of {HEADKV_WINDOW} tokens, got {budget}")
-    if beta < 1.0:
-        raise ValueError(f"HeadKV beta must be >= 1 (B_eff // beta is the redistributed share), got {beta}")
+def headkv_scores(path: str | Path, shape: ModelShape | None = None) -> tuple[str, ModelShape, np.ndarray]:
+    """A HeadKV table's model name, shape and mean score per query head [layers, query heads]."""
     model = model_name_of(path)
     shape = shape_of(model, shape, _profiles_root(path))
     with open(path) as f:
@@ -147,6 +141,18 @@ def from_headkv(
     if np.isnan(scores).any():
         layer, head = np.argwhere(np.isnan(scores))[0]
         raise ValueError(f"{path}: no score for query head '{layer}-{head}'")
+    return model, shape, scores
+
+
+def from_headkv(
+    path: str | Path, budget: int = 128, beta: float = 1.01, shape: ModelShape | None = None
+) -> HeadLoadProfile:
+    """Profile of HeadKV at base budget ``budget`` and ``beta`` (rule in the module docstring)."""
+    if budget <= HEADKV_WINDOW:
+        raise ValueError(f"HeadKV budget must exceed the window of {HEADKV_WINDOW} tokens, got {budget}")
+    if beta < 1.0:
+        raise ValueError(f"HeadKV beta must be >= 1 (B_eff // beta is the redistributed share), got {beta}")
+    model, shape, scores = headkv_scores(path, shape)
     group = shape.num_query_heads // shape.num_kv_heads
     kv_scores = scores.reshape(shape.num_layers, shape.num_kv_heads, group).sum(axis=2)
     b_eff = budget - HEADKV_WINDOW
