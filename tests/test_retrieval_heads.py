@@ -127,3 +127,11 @@ def test_profile_cli_measures_the_default_model(tmp_path: Path, capsys) -> None:
     table = json.loads(headkv_path(tmp_path, "smollm2-135m-instruct").read_text())
     assert len(table) == 30 * 9 and all(len(v) == 2 for v in table.values()) and max(map(max, table.values())) > 0
     assert HeadBudgetPolicy.from_profile(from_headkv(headkv_path(tmp_path, "smollm2-135m-instruct"))).tokens.shape == (30, 3)
+
+
+def test_profile_cli_refuses_a_model_that_finds_no_needle(tiny_run_inputs, tmp_path: Path, capsys) -> None:
+    argv = ["--retrieval-heads", "--model", str(tiny_run_inputs[0]), "--lengths", "200", "--records", "1",
+            "--device", "cpu", "--out", str(tmp_path / "tables")]
+    assert profile_main(argv) == 2  # a random model answers nothing: no table is better than a table of noise
+    assert "model answered 0 of 1 prompts" in capsys.readouterr().err
+    assert not (tmp_path / "tables").exists()

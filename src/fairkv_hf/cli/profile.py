@@ -189,7 +189,7 @@ def _retrieval_heads(args: argparse.Namespace, argv: list[str]) -> None:
     answered = [r for r in results if r.answered]
     scores = np.stack([r.scores for r in answered]) if answered else np.zeros((0,))
     if scores.sum() <= 0:
-        raise UsageError(f"{name} answered {len(answered)} of {len(results)} prompts with no head copying the needle: "
+        raise UsageError(f"the model answered {len(answered)} of {len(results)} prompts with no head copying the needle: "
                          "nothing to rank; try shorter --lengths or more --records")
     shape = ModelShape.from_config(model.config)
     per_length = {str(n): sum(r.answered for r in results if r.prompt.length == n) for n in args.lengths}
