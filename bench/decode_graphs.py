@@ -7,8 +7,11 @@ Llama-3.1-8B shape with random weights, bf16, ada_snapkv-1024. Per shape and met
 the device-to-device copy bandwidth measured in this run), and whether the greedy tokens equal eager FairKV's.
 Methods: fairkv eager; fairkv reserved (max_new_tokens reserved, eager: the same kernels and grids as the graphs);
 fairkv graphs (reserved + enable_cuda_graphs); DynamicCache eager (sdpa); StaticCache + transformers' automatic
-compile (reduce-overhead; where the full static cache fits). Token equality is checked against fairkv reserved
-(bit-identical expected) and fairkv eager (its decode kernel may pick another split count: reduction order).
+compile (reduce-overhead; where the full static cache fits); fairkv graphs fused (graphs + fairkv_hf.fusion's
+compiled RMSNorm and SiLU gate: it patches the model, so fused methods run last). Token equality is checked against
+fairkv reserved (bit-identical expected) and fairkv eager (its decode kernel may pick another split count: reduction
+order). With --profile-steps P, each method runs once more under torch.profiler over P decode steps (from the fifth):
+kernels per step and summed kernel ms per step (the GPU's busy time).
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, LlamaConfig, LogitsProcessorList
+from transformers import AutoModelForCausalLM, LlamaConfig, LogitsProcessor, LogitsProcessorList
 
 import fairkv_hf  # noqa: F401
 from fairkv_hf import FairKVCache
 from fairkv_hf.cli.generate import StepClock
 from fairkv_hf.compat import cache_kwarg
+from fairkv_hf.fusion import fuse_decode_ops, is_rms_norm, is_silu_mlp
 from fairkv_hf.graphs import enable_cuda_graphs
 
 
@@ -46,19 +50,51 @@ def copy_bandwidth(device: torch.device) -> float:
     return 2 * src.numel() * src.element_size() / statistics.median(times)
 
 
+class ProfileSteps(LogitsProcessor):
+    """Runs torch.profiler (CUDA kernels) over `count` decode steps starting after step `first`."""
+
+    def __init__(self, first: int, count: int):
+        self.first, self.count, self.calls = first, count, 0
+        self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.calls == self.first:
+            self.prof.start()
+        if self.calls == self.first + self.count:
+            torch.cuda.synchronize()
+            self.prof.stop()
+        self.calls += 1
+        return scores
+
+    def figures(self) -> dict:
+        kernels = [e for e in self.prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        return {"kernels_per_step": len(kernels) / self.count,
+                "kernel_ms_per_step": sum(e.time_range.elapsed_us() for e in kernels) / self.count / 1e3}
+
+
+def cache_kwargs(model, method: str, new: int, args) -> dict:
+    """generate() keywords that select the method's cache (and its attention)."""
+    if method.startswith("fairkv"):
+        reserve = new if method.startswith(("fairkv_graphs", "fairkv_reserved")) else None
+        return cache_kwarg(FairKVCache(model, policy=args.policy, budget=args.budget, max_new_tokens=reserve))
+    model.set_attn_implementation("sdpa")
+    return {"cache_implementation": "static"} if method == "static_compile" else {}
+
+
+def profiled(model, inputs: dict, new: int, method: str, args) -> dict:
+    """Kernels and summed kernel time per decode step of the method (a separate generate, profiled)."""
+    hook = ProfileSteps(4, args.profile_steps)
+    model.fairkv_graphs_off = not method.startswith("fairkv_graphs")
+    model.generate(**inputs, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                   logits_processor=LogitsProcessorList([hook]), **cache_kwargs(model, method, new, args))
+    return hook.figures()
+
+
 def run(model, inputs: dict, new: int, method: str, args) -> dict:
     """One generate() with the method's cache; per-step wall times after the first two decode steps."""
-    kwargs = {}
-    if method.startswith("fairkv"):
-        reserve = new if method in ("fairkv_graphs", "fairkv_reserved") else None
-        kwargs.update(cache_kwarg(FairKVCache(model, policy=args.policy, budget=args.budget, max_new_tokens=reserve)))
-    elif method == "dynamic":
-        model.set_attn_implementation("sdpa")
-    elif method == "static_compile":
-        model.set_attn_implementation("sdpa")
-        kwargs["cache_implementation"] = "static"
+    kwargs = cache_kwargs(model, method, new, args)
     clock = StepClock(model.device)
-    model.fairkv_graphs_off = method != "fairkv_graphs"
+    model.fairkv_graphs_off = not method.startswith("fairkv_graphs")
     torch.cuda.synchronize()
     start = time.perf_counter()
     out = model.generate(**inputs, max_new_tokens=new, min_new_tokens=new, do_sample=False,
@@ -89,6 +125,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=1024)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--profile-steps", type=int, default=0, help="also profile this many decode steps per method")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results")))
     args = parser.parse_args()
     device = torch.device("cuda")
@@ -102,20 +139,31 @@ def main() -> None:
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) - model.model.embed_tokens.weight.nbytes
     bandwidth = copy_bandwidth(device)
     rows = []
+    methods = args.methods.split(",")
+    fused_at = [i for i, m in enumerate(methods) if m.endswith("_fused")]
+    if fused_at and fused_at[0] != len(methods) - len(fused_at):
+        parser.error("fused methods patch the model's modules: list them last")
     for context in args.contexts:
         for batch in args.batches:
             gen = torch.Generator().manual_seed(context + batch)
             inputs = {"input_ids": torch.randint(10, 128000, (batch, context), generator=gen).to(device),
                       "attention_mask": torch.ones(batch, context, dtype=torch.long, device=device)}
             results = {}
-            for method in args.methods.split(","):
+            for method in methods:
                 captures = graphed.captures
+                if method.endswith("_fused"):
+                    fuse_decode_ops(model)
                 try:
                     results[method] = run(model, inputs, args.new_tokens, method, args)
+                    if args.profile_steps:
+                        results[method].update(profiled(model, inputs, args.new_tokens, method, args))
                 except torch.OutOfMemoryError:
                     results[method] = {"error": "out of memory: the full cache does not fit"}
                 torch.cuda.empty_cache()
                 results[method]["captures"] = graphed.captures - captures
+            for module in model.modules():  # back to the stock modules for the next shape
+                if is_rms_norm(module) or is_silu_mlp(module):
+                    module.__dict__.pop("forward", None)
             eager = results.get("fairkv_eager", {}).get("tokens")
             reserved = results.get("fairkv_reserved", {}).get("tokens")
             for method, r in results.items():
@@ -139,14 +187,15 @@ def main() -> None:
                   for k, v in vars(args).items() if k != "out")}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "decode_graphs.json").write_text(json.dumps({**header, "rows": rows}, indent=1) + "\n")
-    lines = ["| context | batch | method | ms/step (min-max) | bytes limit ms | x limit | first token difference vs "
-             "eager / vs reserved |", "|---|---|---|---|---|---|---|"]
+    lines = ["| context | batch | method | ms/step (min-max) | bytes limit ms | x limit | kernels/step | kernel ms/step | "
+             "first token difference vs eager / vs reserved |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "ms_per_step" not in r:
-            lines.append(f"| {r['context']} | {r['batch']} | {r['method']} | {r.get('error')} | | | |")
+            lines.append(f"| {r['context']} | {r['batch']} | {r['method']} | {r.get('error')} | | | | | |")
             continue
         lines.append(f"| {r['context']} | {r['batch']} | {r['method']} | {r['ms_per_step']:.2f} ({r['ms_min']:.2f}-"
-                     f"{r['ms_max']:.2f}) | {r['bytes_limit_ms']:.2f} | {r['x_limit']:.2f} | "
+                     f"{r['ms_max']:.2f}) | {r['bytes_limit_ms']:.2f} | {r['x_limit']:.2f} | {r.get('kernels_per_step', '-')} | "
+                     f"{r.get('kernel_ms_per_step', float('nan')):.2f} | "
                      f"{r['first_difference_vs_eager']} / {r['first_difference_vs_reserved']} |")
     table = "\n".join(lines)
     (args.out / "decode_graphs.md").write_text(f"{header['device']}, bandwidth {bandwidth / 1e12:.2f} TB/s\n\n{table}\n")

@@ -199,7 +199,7 @@ def append_cost(batch: int, kv_heads: int, mean_len: int, steps: int) -> dict:
     keys = torch.randn(batch, kv_heads, width, 128, device=DEVICE, dtype=torch.bfloat16)
     keep = (torch.arange(width)[None, :] >= width - lengths[:, None]).view(batch, kv_heads, width).to(DEVICE)
     layer.lazy_initialization(keys, keys)
-    layer._store(keys, keys, keep)
+    layer.store(keys, keys, keep)
     new = torch.randn(batch, kv_heads, 1, 128, device=DEVICE, dtype=torch.bfloat16)
     wall, grows = [], []
     for _ in range(steps):

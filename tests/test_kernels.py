@@ -242,7 +242,7 @@ def _filled_layer(backend: str, lengths: list[int], dim: int) -> FairKVLayer:
     keep = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None])[None].to(DEVICE)
     layer = FairKVLayer(0, get_policy("full"), None, 8)
     layer.lazy_initialization(keys, values)
-    layer._store(keys, values, keep)
+    layer.store(keys, values, keep)
     layer._append_backend = backend
     return layer
 

@@ -109,3 +109,27 @@ def test_official_decoding_keeps_the_models_generation_config(tiny_run_inputs, t
     penalised, _ = generate_batch(model, tokenizer, prompt, 12, parse_method("full"))
     plain, _ = generate_batch(model, tokenizer, prompt, 12, parse_method("full"), greedy=True)
     assert penalised != plain  # the random model repeats itself; the model's penalty stops that only by default
+
+
+def test_a_rank_that_does_not_write_decodes_the_same_records_and_leaves_the_file_alone(tmp_path, model_and_tokenizer) -> None:
+    """The other ranks of a head-parallel run (write=False) see the same records to do and write nothing."""
+    model, tokenizer = model_and_tokenizer
+    task = EvalTask(LONGBENCH_TASKS["multifieldqa_en"],
+                    [{"_id": str(i), "context": "abc " * (20 + i), "input": "q?", "answers": ["x"], "all_classes": None,
+                      "length": 5} for i in range(3)], "{context} {input}", 2)
+    out = tmp_path / "m" / "multifieldqa_en.jsonl"
+    silent = predict(model, tokenizer, task, Method("ada_snapkv-64", "ada_snapkv", 64), out, 200, 2, progress=False, write=False)
+    assert silent.records == 3 and not out.exists()
+
+
+@pytest.mark.parametrize("argv, env, message", [
+    (["--plan", "standard"], {}, "launch with torchrun"),
+    (["--methods", "full"], {"WORLD_SIZE": "2"}, "use fairkv-full instead of full"),
+])
+def test_head_parallel_runs_refuse_what_cannot_work(monkeypatch, capsys, tmp_path, argv, env, message) -> None:
+    from fairkv_hf.cli.longbench import main
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["run", "--tasks", "niah_single_256:1", "--out-dir", str(tmp_path / "run"), *argv]) == 2
+    assert message in capsys.readouterr().err

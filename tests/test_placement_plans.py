@@ -185,3 +185,20 @@ def test_heuristic_fallback_on_a_layer_too_large_for_the_dp():
         assert all(abs(sum(x for _, x in p) - 1) < 1e-9 and len({g for g, _ in p}) == len(p) for p in layer)
         assert sum(len(p) - 1 for p in layer) <= copies
         assert bound <= layer_time(a, b, 4, layer) <= 1.05 * bound
+
+
+def test_a_copy_is_kept_only_where_it_saves_more_than_its_fixed_cost():
+    """One heavy head among light ones on 2 GPUs: copying it saves half its load. Per layer, a fixed cost per row
+    slice smaller than that saving keeps the copy, a larger one drops it (and the model counts it in the time)."""
+    tokens = np.array([[8000.0, 100, 100, 100], [400.0, 300, 300, 300]])
+    profile = HeadLoadProfile("toy", 2, 4, 4, 128, 1024, 1000.0, tokens)
+    base = CostModel(kv_bandwidth=3e12, weight_bandwidth=3e12, constant_s=0.0)
+    copies = lambda plan: [sum(len(h) - 1 for h in layer) for layer in plan.layers]  # noqa: E731
+    assert copies(make_plan(profile, 2, 16, cost=base)) == [1, 0]
+    cheap = CostModel(**{**base.to_dict(), "copy_s": 1e-6})
+    dear = CostModel(**{**base.to_dict(), "copy_s": 1e-3})
+    assert copies(make_plan(profile, 2, 16, cost=cheap)) == [1, 0]
+    kept = make_plan(profile, 2, 16, cost=dear)
+    assert copies(kept) == [0, 0]
+    with_copy = make_plan(profile, 2, 16, cost=cheap)
+    assert with_copy.loads().layer_times(profile, dear, 16)[0].max() > kept.loads().layer_times(profile, dear, 16)[0].max()

@@ -147,10 +147,12 @@ class FairKVLayer(CacheLayerMixin):
     def compress(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor, scaling: float) -> None:
         """Let the policy choose the prompt tokens each KV head keeps, and store only those."""
         keep = self.policy.keep_mask(queries, keys, valid, scaling, self.budget, self.window, self.layer_idx, self.heads)
-        self._store(keys, values, keep)
+        self.store(keys, values, keep)
 
-    def _store(self, keys: torch.Tensor, values: torch.Tensor, keep: torch.Tensor) -> None:
-        """Copy the kept tokens of every segment into freshly allocated blocks (a segment's tokens stay in order)."""
+    def store(self, keys: torch.Tensor, values: torch.Tensor, keep: torch.Tensor) -> None:
+        """Copy the kept tokens (`keep`: bool [B, held heads, L]) of every served segment of `keys`/`values`
+        [B, held heads, L, D] into freshly allocated blocks, in order: what compression does with the policy's choice,
+        also usable to fill a layer with K/V chosen elsewhere (see synthetic.py)."""
         keep = self.segments_of(keep.reshape(-1, keep.shape[-1]))
         lengths = keep.sum(-1)
         self.stored_lens = lengths.cpu()

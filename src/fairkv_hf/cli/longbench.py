@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import transformers
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -35,11 +36,13 @@ from fairkv_hf.eval.methods import Method, parse_method
 from fairkv_hf.eval.agreement import agreement_table, compare_runs
 from fairkv_hf.eval.report import DamagedResultsError, read_results, score_folder, write_report
 from fairkv_hf.eval.ruler import make_ruler_task
-from fairkv_hf.eval.runner import EvalTask, RunStats, decoding, predict
+from fairkv_hf.eval.runner import EvalTask, RunStats, decoding, predict, read_predictions
 from fairkv_hf.eval.shards import check_same_run, check_shards, merge_shard, parse_shard, shard_records
 from fairkv_hf.eval.tasks import LONGBENCH_E_TASKS, LONGBENCH_TASKS, parse_ruler_name, task_info
 from fairkv_hf.files import atomic_write
 from fairkv_hf.models import DEFAULT_MODEL, load_causal_lm, resolve_model_path
+from fairkv_hf.parallel import prepare
+from fairkv_hf.parallel.collectives import launched_world_size
 
 QUICK_TASKS = "multifieldqa_en:3,2wikimqa:2,samsum:1,niah_single_2048:2"
 QUICK_MAX_LENGTH = 4000
@@ -176,6 +179,10 @@ def _check_run(args: argparse.Namespace) -> tuple[list[tuple[str, int | None]], 
             raise UsageError(f"{folder} holds no <task>.jsonl LongBench records: give --tasks or another --data-dir")
     specs = _task_specs(args.tasks)
     methods = _methods(args.methods, args.window)
+    if args.plan and launched_world_size() == 1:
+        raise UsageError("--plan places KV heads over the processes of torchrun: launch with torchrun --nproc-per-node N")
+    if launched_world_size() > 1 and any(m.policy is None for m in methods):
+        raise UsageError("a head-parallel run needs the FairKV cache for every method: use fairkv-full instead of full")
     configs = _check_longbench_inputs(specs, args)
     if args.out_dir is not None and args.out_dir.exists() and not args.out_dir.is_dir():
         raise UsageError(f"--out-dir {args.out_dir} is a file: give a folder")
@@ -245,9 +252,13 @@ def _prepare_run(args: argparse.Namespace, out_dirs: Callable[[int], list[Path]]
         raise UsageError(str(err)) from err
     if args.shard:
         tasks = [replace(t, records=shard_records(t.records, args.shard)) for t in tasks]
-    model = load_causal_lm(path, dtype=DTYPES[args.dtype], device=args.device)
+    processes = launched_world_size()
+    model = load_causal_lm(path, dtype=DTYPES[args.dtype], device="cpu" if processes > 1 else args.device)
     command = {"command": f"fairkv-longbench {shlex.join(args.argv)}", "device": device_name(args.device),
                "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}}
+    if processes > 1:
+        model = prepare(model, args.plan or "standard", device=None if args.device.startswith("cuda") else "cpu")
+        command |= {"processes": processes, "plan": args.plan or "standard"}
     return PreparedRun(model, tokenizer, tasks, methods, header, command, folders)
 
 
@@ -260,13 +271,20 @@ def _out_dir(args: argparse.Namespace, max_length: int, suffix: str = "") -> Pat
 def _predict_all(run: PreparedRun, out_dir: Path, batch_size: int, args: argparse.Namespace) -> str:
     """Predict every (method, task) not yet in ``out_dir``, rewriting its results after each task; the table."""
     table = ""
+    writer = not dist.is_initialized() or dist.get_rank() == 0  # head-parallel: every rank decodes, the first writes
     for method in run.methods:
         for task in run.tasks:
-            stats: RunStats = predict(run.model, run.tokenizer, task, method, out_dir / method.name / f"{task.info.name}.jsonl",
-                                      run.header["max_length"], batch_size, progress=not args.no_progress, greedy=args.greedy)
+            out_file = out_dir / method.name / f"{task.info.name}.jsonl"
+            if dist.is_initialized():
+                if writer:
+                    read_predictions(out_file)  # a cut last line is repaired before the other ranks read the file
+                dist.barrier()
+            stats: RunStats = predict(run.model, run.tokenizer, task, method, out_file, run.header["max_length"], batch_size,
+                                      progress=not args.no_progress and writer, greedy=args.greedy, write=writer)
             entry = vars(stats) | {"batch_size": batch_size} | run.command
             timing = {method.name: {task.info.name: entry}} if stats.records else {}
-            table = write_report(out_dir, run.header | {"commands": [run.command], "timing": timing})
+            if writer:
+                table = write_report(out_dir, run.header | {"commands": [run.command], "timing": timing})
     return table
 
 
@@ -400,6 +418,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard", type=_shard_arg, help="K/N: only every N-th record of each task from the K-th, to split a "
                         "run across processes or machines (one --out-dir each; then fairkv-longbench merge)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--plan", help="launched by torchrun: the head placement over its processes (standard, a plan file of "
+                        "fairkv-plan or a head device map JSON; default standard); methods must use the FairKV cache")
 
 
 def build_parser() -> ArgumentParser:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from fairkv_hf.cli.common import ArgumentParser, UsageError, positive_int, run_command
+from fairkv_hf.placement.cost import FITTED, CostModel
 from fairkv_hf.placement.converters import from_duoattention, from_headkv
 from fairkv_hf.placement.device_map import save_device_map
 from fairkv_hf.placement.plans import GIB, OBJECTIVES, make_plan
@@ -38,6 +39,8 @@ def _parser() -> ArgumentParser:
     p.add_argument("--mem-gib", type=float, default=None, help="per-GPU cap on attention weights + KV at --batch")
     p.add_argument("--batch", type=positive_int, default=32, help="batch size the plan is optimised for")
     p.add_argument("--objective", choices=OBJECTIVES, default="time", help="predicted step time, or KV balance only")
+    p.add_argument("--gpu-kind", choices=sorted(FITTED), help="plan with the cost model fitted on this GPU kind "
+                   "(bench/tp_throughput.py); default: the H200 estimates of placement/cost.py")
     p.add_argument("--out", help="plan JSON to write (or the output folder with --simulate)")
     p.add_argument("--device-map", help="also write the plan as a head device map JSON "
                    "({\"model.layers.L.self_attn.kv_heads.H\": gpu | [gpus] | {gpu: fraction}})")
@@ -107,7 +110,8 @@ def _plan(args: argparse.Namespace, argv: list[str] | None) -> None:
         return
     if not args.out:
         raise UsageError("--out plan.json is required")
-    plan = make_plan(_profile(args), gpus[0], args.batch, args.max_copies, args.mem_gib, objective=args.objective)
+    cost = CostModel.for_gpu(args.gpu_kind) if args.gpu_kind else None
+    plan = make_plan(_profile(args), gpus[0], args.batch, args.max_copies, args.mem_gib, cost, args.objective)
     f = plan.save(args.out)
     if args.device_map:
         save_device_map(plan, args.device_map)

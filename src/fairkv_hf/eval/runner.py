@@ -163,8 +163,10 @@ def predict(
     batch_size: int = 1,
     progress: bool = True,
     greedy: bool = False,
+    write: bool = True,
 ) -> RunStats:
-    """Append predictions for the task's records not yet in ``out_file``; return what this call did."""
+    """Append predictions for the task's records not yet in ``out_file``; return what this call did. With
+    ``write=False`` nothing is written (the other ranks of a head-parallel run decode alongside the first)."""
     out_file.parent.mkdir(parents=True, exist_ok=True)
     done = {row["_id"] for row in read_predictions(out_file)}
     todo = [r for r in task.records if r["_id"] not in done]
@@ -180,7 +182,8 @@ def predict(
         batch = order[k : k + batch_size]
         texts, new_tokens = generate_batch(model, tokenizer, [prompts[i] for i in batch], task.max_new_tokens, method, stop, greedy)
         fields = ("answers", "all_classes", "length", "_id")
-        append_predictions(out_file, [{"pred": text} | {f: todo[i][f] for f in fields} for i, text in zip(batch, texts)])
+        if write:
+            append_predictions(out_file, [{"pred": text} | {f: todo[i][f] for f in fields} for i, text in zip(batch, texts)])
         stats.records += len(batch)
         stats.prompt_tokens += sum(len(prompts[i]) for i in batch)
         stats.new_tokens += new_tokens

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..attention import fairkv_attention_forward
 from ..cache import FairKVCache
+from ..fusion import compiled, rotary
 from .collectives import all_reduce_sum
 from .slicing import head_rows, slice_columns, slice_rows
 
@@ -43,6 +44,10 @@ class HeadParallelAttention(nn.Module):
         self.q_norm = getattr(attn, "q_norm", None)
         self.k_norm = getattr(attn, "k_norm", None)
         self.rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+
+    def fuse_rotary(self) -> None:
+        """Apply the rotary embedding as one compiled kernel (see fusion.py)."""
+        self.rotary = compiled(rotary)
 
     def forward(
         self,

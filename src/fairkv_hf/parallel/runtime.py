@@ -26,7 +26,7 @@ from ..placement.device_map import from_device_map, load_plan_file
 from ..placement.plans import Plan, make_plan, standard_plan
 from ..placement.profile import HeadLoadProfile
 from .attention import HeadParallelAttention
-from .collectives import init_distributed
+from .collectives import init_distributed, init_symmetric_sums
 from .layout import check_plan, rank_layout
 from .sharded import RowParallelMLP, VocabParallelHead
 
@@ -84,7 +84,8 @@ def prepare(
     Every decoder layer's self_attn becomes a HeadParallelAttention over the rank's KV heads; with mlp="split" the
     MLP and lm_head are split evenly over the ranks (the same for every plan), with "replicate" every rank keeps
     them whole (small models). `batch` is the batch size the plan optimises for (named plans only); any batch runs.
-    Creates the process group from the launcher's environment if none exists (NCCL on CUDA, gloo on CPU).
+    Creates the process group from the launcher's environment if none exists (NCCL on CUDA, gloo on CPU), and on
+    CUDA the symmetric-memory buffer for decode-sized sums (collectives.py).
     """
     config = _text_config(model)
     if config.model_type not in SUPPORTED_MODEL_TYPES:
@@ -101,6 +102,7 @@ def prepare(
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1:
+        init_symmetric_sums(device)
         layout = rank_layout(resolved, rank, world_size)
         for layer, heads in zip(model.model.layers, layout.heads):
             layer.self_attn = HeadParallelAttention(layer.self_attn, heads.ids, keeps_bias=rank == 0)

@@ -23,13 +23,16 @@ Layer = list[list[tuple[int, float]]]
 _EPS = 1e-12
 
 
-def layer_time(a: np.ndarray, b: float, gpus: int, layer: Layer) -> float:
-    """The slowest GPU's time of ``layer`` (without the constant)."""
+def layer_time(a: np.ndarray, b: float, gpus: int, layer: Layer, copy_s: float = 0.0) -> float:
+    """The slowest GPU's time of ``layer`` (without the constant), with ``copy_s`` added on every GPU that serves
+    only some batch rows of a head."""
     times = np.zeros(gpus)
+    sliced = np.zeros(gpus)
     for h, pieces in enumerate(layer):
         for g, x in pieces:
             times[g] += a[h] * x + b
-    return float(times.max())
+            sliced[g] = max(sliced[g], float(x < 1))
+    return float((times + copy_s * sliced).max())
 
 
 def refine_fractions(a: np.ndarray, b: float, gpus: int, layer: Layer) -> Layer:

@@ -11,6 +11,11 @@ Default coefficients, for an H200 in bf16 (to be fitted from GPU measurements):
 - constant 20e-6 s per layer: an estimate, not a measurement (about five kernel launches of ~2 us for the
   attention block plus ~10 us for a small NVLink all-reduce). It is the same on every GPU, so it changes
   predicted speedups, never which plan is best.
+- copy_s 0: the fixed time a GPU spends in a layer where it serves only some batch rows of a replicated head
+  (selecting those rows' segments, scattering their outputs: about five small kernels). It makes a copy worth
+  its while only when it saves more than that.
+
+`FITTED` holds coefficients measured by bench/tp_throughput.py on a GPU kind (`CostModel.for_gpu`).
 """
 
 from __future__ import annotations
@@ -31,12 +36,21 @@ class CostModel:
     weight_bandwidth: float = 4.14e12
     constant_s: float = 20e-6
     dtype_bytes: int = 2
+    copy_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kv_bandwidth <= 0 or self.weight_bandwidth <= 0:
             raise ValueError(f"bandwidths must be positive bytes/s, got {self.kv_bandwidth} and {self.weight_bandwidth}")
-        if self.constant_s < 0 or self.dtype_bytes < 1:
-            raise ValueError(f"constant_s must be >= 0 and dtype_bytes >= 1, got {self.constant_s} and {self.dtype_bytes}")
+        if self.constant_s < 0 or self.copy_s < 0 or self.dtype_bytes < 1:
+            raise ValueError(f"constant_s and copy_s must be >= 0 and dtype_bytes >= 1, got {self.constant_s}, "
+                             f"{self.copy_s} and {self.dtype_bytes}")
+
+    @classmethod
+    def for_gpu(cls, name: str) -> CostModel:
+        """The coefficients fitted on a GPU kind (a key of FITTED, e.g. "h100")."""
+        if name.lower() not in FITTED:
+            raise ValueError(f"no fitted cost model for GPU {name!r}; known: {sorted(FITTED)} (or pass the coefficients)")
+        return cls(**FITTED[name.lower()])
 
     def to_dict(self) -> dict[str, Any]:
         """The coefficients as a JSON-ready dict."""
@@ -61,16 +75,19 @@ class CostModel:
 @dataclass(frozen=True)
 class GpuLoads:
     """What each GPU reads per layer: ``kv_tokens[l, g]`` kept tokens (per sequence, summed over its heads and
-    weighted by the share of the batch it serves) and ``weight_bytes[l, g]`` of attention weight slices. A GPU
-    stores exactly what it reads, so these also give its memory."""
+    weighted by the share of the batch it serves) and ``weight_bytes[l, g]`` of attention weight slices; and
+    ``row_slices[l, g]``, 1 where it serves only some rows of a replicated head. A GPU stores exactly what it reads,
+    so these also give its memory."""
 
     kv_tokens: np.ndarray
     weight_bytes: np.ndarray
+    row_slices: np.ndarray | None = None
 
     def layer_times(self, profile: HeadLoadProfile, cost: CostModel, batch: int) -> np.ndarray:
         """Predicted seconds per layer and GPU, shape [num_layers, gpus]."""
         kv = self.kv_tokens * cost.kv_bytes_per_token(profile, batch) / cost.kv_bandwidth
-        return kv + self.weight_bytes / cost.weight_bandwidth + cost.constant_s
+        slices = 0.0 if self.row_slices is None else cost.copy_s * self.row_slices
+        return kv + self.weight_bytes / cost.weight_bandwidth + cost.constant_s + slices
 
     def step_time(self, profile: HeadLoadProfile, cost: CostModel, batch: int) -> float:
         """Predicted seconds of the attention blocks of one decode step (sum over layers of the slowest GPU)."""
@@ -85,3 +102,6 @@ class GpuLoads:
         """Bytes each GPU holds over all layers: its KV cache at ``batch`` plus its attention weight slices."""
         kv = self.kv_tokens.sum(axis=0) * cost.kv_bytes_per_token(profile, batch)
         return kv + self.weight_bytes.sum(axis=0)
+
+
+FITTED: dict[str, dict[str, float]] = {}

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from fairkv_hf.files import atomic_write
+from fairkv_hf.placement.assign import layer_time
 from fairkv_hf.placement.bounds import layer_lower_bound
 from fairkv_hf.placement.cost import CostModel, GpuLoads
 from fairkv_hf.placement.profile import HeadLoadProfile
@@ -202,13 +203,15 @@ def _loads(profile: HeadLoadProfile, gpus: int, cost: CostModel, layers: list) -
     """GpuLoads of per-layer, per-head lists of (gpu, fraction) replicas."""
     kv = np.zeros((profile.num_layers, gpus))
     weights = np.zeros((profile.num_layers, gpus))
+    slices = np.zeros((profile.num_layers, gpus))
     head_bytes = cost.head_weight_bytes(profile)
     for l, layer in enumerate(layers):
         for h, pieces in enumerate(layer):
             for g, x in pieces:
                 kv[l, g] += profile.tokens[l, h] * x
                 weights[l, g] += head_bytes
-    return GpuLoads(kv, weights)
+                slices[l, g] = max(slices[l, g], float(x < 1))
+    return GpuLoads(kv, weights, slices)
 
 
 def standard_tp_loads(profile: HeadLoadProfile, gpus: int, cost: CostModel | None = None) -> GpuLoads:
@@ -252,10 +255,21 @@ def standard_plan(profile: HeadLoadProfile, gpus: int, batch: int = 32, cost: Co
 
 
 def _solve_all(profile: HeadLoadProfile, gpus: int, batch: int, copies: int, cost: CostModel, objective: str):
-    """Per-layer placements and the sum of their proven time bounds (in the objective's units)."""
+    """Per-layer placements and the sum of their proven time bounds (in the objective's units, without the fixed
+    cost of row slices: still a bound). With a fixed cost per row slice (cost.copy_s), a layer keeps its copies
+    only when they beat its best placement without copies once that cost is counted."""
     alpha, beta = cost.coefficients(profile, batch) if objective == "time" else (1.0, 0.0)
-    solved = [solve_layer(alpha * t, beta, gpus, copies) for t in profile.tokens]
-    return [s[0] for s in solved], sum(s[1] for s in solved)
+    placements, bound = [], 0.0
+    for t in profile.tokens:
+        best, layer_bound, _ = solve_layer(alpha * t, beta, gpus, copies)
+        if copies and objective == "time" and cost.copy_s > 0 and any(len(p) > 1 for p in best):
+            whole = solve_layer(alpha * t, beta, gpus, 0)[0]
+            if layer_time(alpha * t, beta, gpus, whole) <= layer_time(alpha * t, beta, gpus, best, cost.copy_s):
+                best = whole
+        placements.append(best)
+        bound += layer_bound
+    return placements, bound
+
 
 
 def _relabel(profile: HeadLoadProfile, gpus: int, batch: int, cost: CostModel, layers: list) -> list:
