@@ -103,7 +103,14 @@ PROFILE_CASES = [
     (PROFILE + ["--out", "{tmp}/missing/profile.json"], "--out {tmp}/missing/profile.json: the folder {tmp}/missing does not exist"),
     (PROFILE + ["--samples", "{tmp}/missing/s.json"], "--samples {tmp}/missing/s.json: the folder {tmp}/missing does not exist"),
     (PROFILE + ["--model", "./no-such-model"], "--model: Model path './no-such-model' does not exist"),
-    (["--data", "{tmp}/bad.jsonl", "--out", "{tmp}/p.json"], "the following arguments are required: --budget"),
+    (["--data", "{tmp}/bad.jsonl", "--out", "{tmp}/p.json"], "--budget is required to profile --policy ada_snapkv (or measure --retrieval-heads)"),
+    (["--budget", "64", "--out", "{tmp}/p.json"], "--data is required to profile --policy ada_snapkv"),
+    (["--retrieval-heads", "--budget", "64", "--out", "{tmp}/tables"], "--budget has no use with --retrieval-heads"),
+    (["--retrieval-heads", "--out", "{tmp}/missing/tables"], "--out {tmp}/missing/tables: the folder {tmp}/missing does not exist"),
+    (["--retrieval-heads", "--out", "{tmp}/bad.jsonl"], "--out {tmp}/bad.jsonl is a file: with --retrieval-heads give the profiles folder"),
+    (["--retrieval-heads", "--out", "{tmp}/tables", "--name", "x_retrieval"], "--name 'x_retrieval': give a model name without"),
+    (["--retrieval-heads", "--out", "{tmp}/tables", "--lengths", "1024,0"], "argument --lengths: must be a positive integer, got '0'"),
+    (["--retrieval-heads", "--out", "{tmp}/tables", "--model", "./no-such-model"], "--model: Model path './no-such-model' does not exist"),
 ]
 
 PLAN = ["--duoattention", DUO, "--out", "{tmp}/plan.json"]

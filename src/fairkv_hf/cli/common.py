@@ -9,8 +9,10 @@ traceback) and returns 2, the status argparse uses for a bad command line. Error
 from __future__ import annotations
 
 import argparse
+import platform
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn
 
 import torch
@@ -60,3 +62,18 @@ def device_arg(text: str) -> str:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA devices")
     return text
+
+
+def _cpu_model() -> str:
+    """The processor's model name (Linux /proc/cpuinfo), else the architecture."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def device_name(device: str) -> str:
+    """The device a command ran on, as results files name it: the GPU model and count, or the CPU model and torch threads."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(torch.device(device))} x{torch.cuda.device_count()}"
+    return f"cpu ({_cpu_model()}, {torch.get_num_threads()} threads)"

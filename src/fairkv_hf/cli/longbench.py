@@ -30,7 +30,7 @@ import torch.distributed as dist
 import transformers
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from fairkv_hf.cli.common import ArgumentParser, UsageError, device_arg, positive_int, run_command
+from fairkv_hf.cli.common import ArgumentParser, UsageError, device_arg, device_name, positive_int, run_command
 from fairkv_hf.eval.data import DEFAULT_DATA_DIR, TaskConfig, default_data_dir, load_configs, load_task
 from fairkv_hf.eval.methods import Method, parse_method
 from fairkv_hf.eval.agreement import agreement_table, compare_runs
@@ -87,25 +87,11 @@ def _methods(text: str, window: int) -> list[Method]:
         raise UsageError(f"--methods: {err}") from err
 
 
-def _cpu_model() -> str:
-    """The processor's model name (Linux /proc/cpuinfo), else the architecture."""
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.processor() or platform.machine()
-
-
 def _shard_arg(text: str) -> tuple[int, int]:
     try:
         return parse_shard(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from err
-
-
-def _device_name(device: str) -> str:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(torch.device(device))} x{torch.cuda.device_count()}"
-    return f"cpu ({_cpu_model()}, {torch.get_num_threads()} threads)"
 
 
 def _data_dir(args: argparse.Namespace) -> Path | None:
@@ -268,7 +254,7 @@ def _prepare_run(args: argparse.Namespace, out_dirs: Callable[[int], list[Path]]
         tasks = [replace(t, records=shard_records(t.records, args.shard)) for t in tasks]
     processes = launched_world_size()
     model = load_causal_lm(path, dtype=DTYPES[args.dtype], device="cpu" if processes > 1 else args.device)
-    command = {"command": f"fairkv-longbench {shlex.join(args.argv)}", "device": _device_name(args.device),
+    command = {"command": f"fairkv-longbench {shlex.join(args.argv)}", "device": device_name(args.device),
                "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}}
     if processes > 1:
         model = prepare(model, args.plan or "standard", device=None if args.device.startswith("cuda") else "cpu")

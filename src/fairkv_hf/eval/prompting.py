@@ -26,6 +26,22 @@ def truncate_middle(prompt: str, tokenizer: PreTrainedTokenizerBase, max_length:
     return tokenizer.decode(ids[:half], skip_special_tokens=True) + tokenizer.decode(ids[-half:], skip_special_tokens=True)
 
 
+def render_prompt(
+    template: str,
+    record: Mapping[str, object],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    chat: bool,
+) -> tuple[str, bool]:
+    """A record's final prompt text, and whether tokenizing it adds special tokens (not when a chat template put
+    them in the text)."""
+    prompt = truncate_middle(fill_template(template, record), tokenizer, max_length)
+    if chat and tokenizer.chat_template is not None:
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        return prompt, False
+    return prompt, True
+
+
 def build_prompt_ids(
     template: str,
     record: Mapping[str, object],
@@ -34,8 +50,5 @@ def build_prompt_ids(
     chat: bool,
 ) -> list[int]:
     """Token ids of a record's final prompt."""
-    prompt = truncate_middle(fill_template(template, record), tokenizer, max_length)
-    if chat and tokenizer.chat_template is not None:
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-        return tokenizer(prompt, add_special_tokens=False).input_ids
-    return tokenizer(prompt).input_ids
+    prompt, special = render_prompt(template, record, tokenizer, max_length, chat)
+    return tokenizer(prompt, add_special_tokens=special).input_ids

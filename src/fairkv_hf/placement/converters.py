@@ -17,6 +17,9 @@ Summing (not taking the max) keeps the mean kept length per KV head at B, and it
 sum of the group's per-query-head HeadKV budgets up to rounding, so per-query-head storage (HeadKV's
 own code) would give loads proportional to these. ``round`` is numpy's half-to-even; budgets are not
 capped by a context length (none is known here).
+
+A table's model shape comes from ``KNOWN_SHAPES`` (the published tables' models) or from the model's card
+``<profiles folder>/<model>.json``, which ``fairkv-profile --retrieval-heads`` writes beside its measured tables.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from fairkv_hf.placement.profile import HeadLoadProfile
+from fairkv_hf.placement.profile import HeadLoadProfile, config_shape
 from fairkv_hf.policies.duoattention import read_gates, retrieval_heads
 
 HEADKV_WINDOW = 32
@@ -45,6 +49,12 @@ class ModelShape:
     head_dim: int
     hidden_size: int
 
+    @classmethod
+    def from_config(cls, config: Any) -> ModelShape:
+        """The shape of a transformers config (head_dim defaults to hidden_size // query heads, as in Llama)."""
+        layers, kv_heads, q_heads, head_dim = config_shape(config)
+        return cls(layers, q_heads, kv_heads, head_dim, int(config.hidden_size))
+
 
 KNOWN_SHAPES: dict[str, ModelShape] = {
     "Meta-Llama-3.1-8B-Instruct": ModelShape(32, 32, 8, 128, 4096),
@@ -56,18 +66,28 @@ KNOWN_SHAPES: dict[str, ModelShape] = {
 
 
 def model_name_of(path: str | Path) -> str:
-    """The model name a shared profile file is named after (the part before the first '.' or '_')."""
+    """The model name a profile table is named after (before "_retrieval" or ".full_attention_heads")."""
     name = Path(path).name
     return name.split(".full_attention_heads")[0].split("_retrieval")[0]
 
 
-def shape_of(model: str, shape: ModelShape | None) -> ModelShape:
-    """The given shape, or the known shape of ``model``; a clear error when neither exists."""
+def shape_of(model: str, shape: ModelShape | None, root: str | Path | None = None) -> ModelShape:
+    """The given shape, the known shape of ``model``, or the one its card ``<root>/<model>.json`` names (written with
+    measured tables by ``fairkv-profile --retrieval-heads``, see ``head_tables``); a clear error when none exists."""
     if shape is not None:
         return shape
-    if model not in KNOWN_SHAPES:
-        raise ValueError(f"no known shape for model {model!r}; pass shape=ModelShape(...) (known: {sorted(KNOWN_SHAPES)})")
-    return KNOWN_SHAPES[model]
+    if model in KNOWN_SHAPES:
+        return KNOWN_SHAPES[model]
+    card = Path(root) / f"{model}.json" if root is not None else None
+    if card is not None and card.is_file():
+        return ModelShape(**json.loads(card.read_text())["shape"])
+    raise ValueError(f"no known shape for model {model!r}: pass shape=ModelShape(...), or keep the table in the profiles "
+                     f"folder of its {model}.json card (known: {sorted(KNOWN_SHAPES)})")
+
+
+def _profiles_root(path: str | Path) -> Path:
+    """The profiles folder of a table file (``<root>/headkv/...`` or ``<root>/duoattention/...``)."""
+    return Path(path).resolve().parent.parent
 
 
 def _profile(model: str, shape: ModelShape, budget: float, tokens: np.ndarray) -> HeadLoadProfile:
@@ -93,7 +113,7 @@ def from_duoattention(
     if context < 1:
         raise ValueError(f"context must be a positive number of tokens, got {context}")
     model = model_name_of(path)
-    shape = shape_of(model, shape)
+    shape = shape_of(model, shape, _profiles_root(path))
     gates = read_gates(path)
     if gates.shape != (shape.num_layers, shape.num_kv_heads):
         raise ValueError(
@@ -106,16 +126,10 @@ def from_duoattention(
     return _profile(f"{model} duoattention ctx={context} retrieval={retrieval_fraction:g}", shape, context, tokens)
 
 
-def from_headkv(
-    path: str | Path, budget: int = 128, beta: float = 1.01, shape: ModelShape | None = None
-) -> HeadLoadProfile:
-    """Profile of HeadKV at base budget ``budget`` and ``beta`` (rule in the module docstring)."""
-    if budget <= HEADKV_WINDOW:
-        raise ValueError(f"HeadKV budget must exceed the window of {HEADKV_WINDOW} tokens, got {budget}")
-    if beta < 1.0:
-        raise ValueError(f"HeadKV beta must be >= 1 (B_eff // beta is the redistributed share), got {beta}")
+def headkv_scores(path: str | Path, shape: ModelShape | None = None) -> tuple[str, ModelShape, np.ndarray]:
+    """A HeadKV table's model name, shape and mean score per query head [layers, query heads]."""
     model = model_name_of(path)
-    shape = shape_of(model, shape)
+    shape = shape_of(model, shape, _profiles_root(path))
     with open(path) as f:
         raw = json.loads(f.readline())
     scores = np.full((shape.num_layers, shape.num_query_heads), np.nan)
@@ -127,6 +141,18 @@ def from_headkv(
     if np.isnan(scores).any():
         layer, head = np.argwhere(np.isnan(scores))[0]
         raise ValueError(f"{path}: no score for query head '{layer}-{head}'")
+    return model, shape, scores
+
+
+def from_headkv(
+    path: str | Path, budget: int = 128, beta: float = 1.01, shape: ModelShape | None = None
+) -> HeadLoadProfile:
+    """Profile of HeadKV at base budget ``budget`` and ``beta`` (rule in the module docstring)."""
+    if budget <= HEADKV_WINDOW:
+        raise ValueError(f"HeadKV budget must exceed the window of {HEADKV_WINDOW} tokens, got {budget}")
+    if beta < 1.0:
+        raise ValueError(f"HeadKV beta must be >= 1 (B_eff // beta is the redistributed share), got {beta}")
+    model, shape, scores = headkv_scores(path, shape)
     group = shape.num_query_heads // shape.num_kv_heads
     kv_scores = scores.reshape(shape.num_layers, shape.num_kv_heads, group).sum(axis=2)
     b_eff = budget - HEADKV_WINDOW

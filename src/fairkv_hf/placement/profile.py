@@ -108,7 +108,7 @@ class HeadLoadProfile:
         transformers config (num_hidden_layers, num_attention_heads, num_key_value_heads, hidden_size and
         head_dim, which defaults to hidden_size // num_attention_heads as in Llama).
         """
-        shape = _config_shape(config)[:2]
+        shape = config_shape(config)[:2]
         if not kept:
             raise ValueError("from_kept_lengths needs at least one kept_lengths() tensor; got none")
         for i, k in enumerate(kept):
@@ -127,13 +127,13 @@ class HeadLoadProfile:
     def from_config(cls, model_name: str, config: Any, tokens: np.ndarray | float, budget: float) -> HeadLoadProfile:
         """A profile of a transformers config's shape with the given tokens per (layer, KV head), or the same number
         for every head (a uniform load, e.g. for the standard-TP plan of a model nobody profiled)."""
-        layers, kv_heads, q_heads, head_dim = _config_shape(config)
+        layers, kv_heads, q_heads, head_dim = config_shape(config)
         return cls(model=model_name, num_layers=layers, num_query_heads=q_heads, num_kv_heads=kv_heads,
                    head_dim=head_dim, hidden_size=int(config.hidden_size), budget=float(budget),
                    tokens=np.broadcast_to(np.asarray(tokens, dtype=np.float64), (layers, kv_heads)).copy())
 
 
-def _config_shape(config: Any) -> tuple[int, int, int, int]:
+def config_shape(config: Any) -> tuple[int, int, int, int]:
     """(layers, KV heads, query heads, head_dim) of a transformers config (head_dim defaults as in Llama)."""
     num_q = int(config.num_attention_heads)
     num_kv = int(getattr(config, "num_key_value_heads", None) or num_q)
