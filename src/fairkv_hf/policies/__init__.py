@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
-from .ada_snapkv import AdaSnapKVPolicy
+from .ada import AdaOver, AdaPolicy
 from .base import Policy, ScoredPolicy
 from .duoattention import DuoAttentionPolicy
 from .full import FullPolicy
@@ -12,10 +12,11 @@ from .head_budgets import HeadBudgetPolicy
 from .pyramidkv import PyramidKVPolicy
 from .snapkv import SnapKVPolicy
 
-POLICIES: dict[str, type[Policy]] = {
-    cls.name: cls
-    for cls in (FullPolicy, SnapKVPolicy, AdaSnapKVPolicy, PyramidKVPolicy, HeadBudgetPolicy, DuoAttentionPolicy)
+POLICIES: dict[str, Callable[..., Policy]] = {
+    **{cls.name: cls for cls in (FullPolicy, SnapKVPolicy, PyramidKVPolicy, HeadBudgetPolicy, DuoAttentionPolicy)},
+    **{f"ada_{cls.name}": AdaOver(cls) for cls in (SnapKVPolicy, PyramidKVPolicy)},
 }
+"""Policy names -> constructors taking the policy's options; every entry has `uses_budget`."""
 
 
 def get_policy(policy: str | Policy, **options: Any) -> Policy:
@@ -29,5 +30,5 @@ def get_policy(policy: str | Policy, **options: Any) -> Policy:
     return POLICIES[policy](**options)
 
 
-__all__ = ["POLICIES", "AdaSnapKVPolicy", "DuoAttentionPolicy", "FullPolicy", "HeadBudgetPolicy", "Policy",
+__all__ = ["POLICIES", "AdaPolicy", "DuoAttentionPolicy", "FullPolicy", "HeadBudgetPolicy", "Policy",
            "PyramidKVPolicy", "ScoredPolicy", "SnapKVPolicy", "get_policy"]
