@@ -8,6 +8,7 @@ from .cache import FairKVCache, FairKVLayer
 from .models import load_model
 from .policies import (
     AdaPolicy,
+    CakePolicy,
     DuoAttentionPolicy,
     FullPolicy,
     HeadBudgetPolicy,
@@ -19,5 +20,5 @@ from .policies import (
 
 _register_attention()
 
-__all__ = ["AdaPolicy", "DuoAttentionPolicy", "FairKVCache", "FairKVLayer", "FullPolicy",
+__all__ = ["AdaPolicy", "CakePolicy", "DuoAttentionPolicy", "FairKVCache", "FairKVLayer", "FullPolicy",
            "HeadBudgetPolicy", "Policy", "PyramidKVPolicy", "SnapKVPolicy", "get_policy", "load_model"]

@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 from .ada import AdaOver, AdaPolicy
 from .base import Policy, ScoredPolicy
+from .cake import CakePolicy
 from .duoattention import DuoAttentionPolicy
 from .full import FullPolicy
 from .head_budgets import HeadBudgetPolicy
@@ -13,8 +14,9 @@ from .pyramidkv import PyramidKVPolicy
 from .snapkv import SnapKVPolicy
 
 POLICIES: dict[str, Callable[..., Policy]] = {
-    **{cls.name: cls for cls in (FullPolicy, SnapKVPolicy, PyramidKVPolicy, HeadBudgetPolicy, DuoAttentionPolicy)},
-    **{f"ada_{cls.name}": AdaOver(cls) for cls in (SnapKVPolicy, PyramidKVPolicy)},
+    **{cls.name: cls for cls in (FullPolicy, SnapKVPolicy, PyramidKVPolicy, CakePolicy, HeadBudgetPolicy,
+                                 DuoAttentionPolicy)},
+    **{f"ada_{cls.name}": AdaOver(cls) for cls in (SnapKVPolicy, PyramidKVPolicy, CakePolicy)},
 }
 """Policy names -> constructors taking the policy's options; every entry has `uses_budget`."""
 
@@ -30,5 +32,5 @@ def get_policy(policy: str | Policy, **options: Any) -> Policy:
     return POLICIES[policy](**options)
 
 
-__all__ = ["POLICIES", "AdaPolicy", "DuoAttentionPolicy", "FullPolicy", "HeadBudgetPolicy", "Policy",
+__all__ = ["POLICIES", "AdaPolicy", "CakePolicy", "DuoAttentionPolicy", "FullPolicy", "HeadBudgetPolicy", "Policy",
            "PyramidKVPolicy", "ScoredPolicy", "SnapKVPolicy", "get_policy"]
