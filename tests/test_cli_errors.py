@@ -132,6 +132,8 @@ PLAN_CASES = [
     (["--duoattention", DUO, "--gpus", "2", "--robustness", "{tmp}/missing.json"], "--robustness {tmp}/missing.json does not exist"),
     (["--duoattention", DUO, "--gpus", "2", "--robustness", "{tmp}/bad.json"], "--robustness {tmp}/bad.json is not JSON"),
     (["--simulate", "--gpus", "2", "--profiles-dir", "{tmp}/missing", "--out", "{tmp}/sim"], "--profiles-dir {tmp}/missing is not a folder"),
+    (["--simulate", "--gpus", "2", "--profiles-dir", "{tmp}", "--measured", "{tmp}/missing", "--out", "{tmp}/sim"],
+     "--measured {tmp}/missing is not a folder"),
 ]
 
 

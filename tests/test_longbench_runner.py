@@ -26,11 +26,13 @@ def test_parse_method() -> None:
     assert parse_method("full") == Method("full")
     assert parse_method("fairkv-full") == Method("fairkv-full", policy="full")
     assert parse_method("ada_snapkv-512") == Method("ada_snapkv-512", policy="ada_snapkv", budget=512)
+    for name in ("cake", "ada_cake", "ada_pyramidkv"):
+        assert parse_method(f"{name}-512") == Method(f"{name}-512", policy=name, budget=512)
     assert parse_method("snapkv-128", window=16).window == 16
     with pytest.raises(ValueError, match="exceed the observation window"):
         parse_method("snapkv-32")
     for bad in ("snapkv", "foo-128", "duoattention-128", "head_budgets-128", "full-128"):
-        with pytest.raises(ValueError, match=f"Unknown method '{bad}'.*ada_snapkv, pyramidkv, snapkv"):
+        with pytest.raises(ValueError, match=f"Unknown method '{bad}'.*ada_cake, ada_pyramidkv, ada_snapkv, cake, pyramidkv, snapkv"):
             parse_method(bad)
 
 

@@ -1,7 +1,8 @@
 """Head-parallel execution on CPU (gloo, spawned processes, float32): the same tokens as one process.
 
 Every family x policy x plan x batch size runs on 2 and on 3 processes against the single-process result: greedy
-tokens identical on every rank and equal to one process's, gathered kept lengths equal. Plans: the standard
+tokens identical on every rank and equal to one process's, gathered kept lengths equal (CAKE, whose cascade re-trims
+earlier layers from budgets gathered over all heads, on one family each, plain and under Ada). Plans: the standard
 split, heads moved to other ranks (a rank holding no head of a layer included), and heads replicated on 2-3 ranks
 with equal and unequal batch shares (batch 1 leaves replicas with no rows).
 """
@@ -23,6 +24,7 @@ from tests.parallel_worker import generate, run_rank, run_smollm2_rank, smollm2_
 
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3"]
 POLICIES = ["full", "snapkv", "ada_snapkv", "pyramidkv", "head_budgets"]
+CASCADING = [("llama", "cake"), ("qwen3", "ada_cake")]
 LENGTHS = {1: [19], 2: [23, 14], 5: [21, 9, 17, 25, 12]}
 SHARED_LONGBENCH = SHARED / "data" / "longbench"
 
@@ -77,7 +79,8 @@ def test_tokens_and_kept_lengths_match_one_process(world_size: int, tmp_path) ->
     cases = [
         {"name": f"{family}-{policy}-{plan}-b{batch}", "family": family, "policy": policy, "plan": PLANS[world_size][plan],
          "lengths": LENGTHS[batch]}
-        for family, policy, plan, batch in itertools.product(FAMILIES, POLICIES, PLANS[world_size], LENGTHS)
+        for (family, policy), plan, batch in itertools.product(
+            [*itertools.product(FAMILIES, POLICIES), *CASCADING], PLANS[world_size], LENGTHS)
     ]
     cases += [  # MLP and lm_head kept whole on every rank; seeded sampling (every rank must draw the same tokens)
         {"name": f"{family}-replicate-mlp", "family": family, "policy": "ada_snapkv", "plan": PLANS[world_size]["replicated"],

@@ -29,3 +29,14 @@ def test_cli_writes_the_plan_as_a_head_device_map_too(tmp_path):
     back = load_plan_file(device_map, plan.profile, plan.gpus)
     assert [[sorted((p.gpu, p.batch_fraction) for p in h) for h in l] for l in back.layers] == \
         [[sorted((p.gpu, p.batch_fraction) for p in h) for h in l] for l in plan.layers]
+
+
+def test_simulation_takes_the_measured_profiles_named_by_file(tmp_path):
+    from fairkv_hf.placement.profile import HeadLoadProfile
+    from fairkv_hf.placement.simulate import measured_profiles
+
+    HeadLoadProfile("smollm2", 2, 4, 2, 16, 64, 10.0, [[12.0, 8.0], [5.0, 15.0]]).save(tmp_path / "smollm2_cake10_profile.json")
+    (tmp_path / "smollm2_cake10_samples.json").write_text("[]")
+    [profile] = measured_profiles(tmp_path)
+    assert profile.model == "smollm2 measured: smollm2_cake10_profile.json"
+    assert profile.tokens.tolist() == [[12.0, 8.0], [5.0, 15.0]]

@@ -7,7 +7,8 @@ from .attention import register as _register_attention
 from .cache import FairKVCache, FairKVLayer
 from .models import load_model
 from .policies import (
-    AdaSnapKVPolicy,
+    AdaPolicy,
+    CakePolicy,
     DuoAttentionPolicy,
     FullPolicy,
     HeadBudgetPolicy,
@@ -19,5 +20,5 @@ from .policies import (
 
 _register_attention()
 
-__all__ = ["AdaSnapKVPolicy", "DuoAttentionPolicy", "FairKVCache", "FairKVLayer", "FullPolicy", "HeadBudgetPolicy",
-           "Policy", "PyramidKVPolicy", "SnapKVPolicy", "get_policy", "load_model"]
+__all__ = ["AdaPolicy", "CakePolicy", "DuoAttentionPolicy", "FairKVCache", "FairKVLayer", "FullPolicy",
+           "HeadBudgetPolicy", "Policy", "PyramidKVPolicy", "SnapKVPolicy", "get_policy", "load_model"]

@@ -164,7 +164,7 @@ def fairkv_attention_forward(
     valid = attention_mask.bool() if attention_mask is not None else torch.ones(
         query.shape[0], query.shape[2], dtype=torch.bool, device=query.device
     )
-    key.layer.compress(query, key.keys, key.values, valid, scaling)
+    key.layer.compress(query, key.keys, key.values, valid, scaling, key.earlier)
     return out, None
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -35,12 +35,14 @@ ATTN_IMPLEMENTATION = "fairkv"
 class FairKVStep:
     """What `update()` hands the attention function: the layer, this forward's new keys/values, and the phase:
     "prefill" (dense attention, then compression), "decode" (one token, already appended) or "extend" (several
-    tokens on a filled cache, appended by the attention function, which knows which of them are padding)."""
+    tokens on a filled cache, appended by the attention function, which knows which of them are padding). At prefill,
+    `earlier` holds the cache's layers before this one, which a cascading policy (CAKE) shrinks."""
 
     layer: FairKVLayer
     keys: torch.Tensor
     values: torch.Tensor
     phase: str
+    earlier: tuple[FairKVLayer, ...] = ()
 
 
 class FairKVLayer(CacheLayerMixin):
@@ -144,22 +146,53 @@ class FairKVLayer(CacheLayerMixin):
         step = FairKVStep(self, key_states, value_states, phase)
         return step, step
 
-    def compress(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor, scaling: float) -> None:
-        """Let the policy choose the prompt tokens each KV head keeps, and store only those."""
+    def compress(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        valid: torch.Tensor,
+        scaling: float,
+        earlier: Sequence[FairKVLayer] = (),
+    ) -> None:
+        """Let the policy choose the prompt tokens each KV head keeps, and store only those; a cascading policy
+        (CAKE) first shrinks some of the layers before this one (`earlier`), so they free their blocks before these
+        are taken."""
         keep = self.policy.keep_mask(queries, keys, valid, scaling, self.budget, self.window, self.layer_idx, self.heads)
+        for layer_idx, stay in self.policy.cascade(self.layer_idx).items():
+            earlier[layer_idx].keep_stored(stay)
         self.store(keys, values, keep)
 
+    def keep_stored(self, stay: torch.Tensor) -> None:
+        """Keep only the stored tokens where `stay` holds (bool [B, held heads, width], each (row, head)'s stored tokens
+        in order), in freshly allocated blocks, the old ones freed: how a cascading policy shrinks this layer."""
+        stay = self.segments_of(stay.flatten(0, 1))
+        width = min(stay.shape[-1], self.max_len)
+        stay = stay[:, :width] & (torch.arange(width, device=stay.device) < self.seq_lens[:, None])
+        seg, pos = stay.nonzero(as_tuple=True)
+        slots = self.block_table[seg, pos // self.block_size].long() * self.block_size + pos % self.block_size
+        dim = self.k_pool.shape[-1]
+        self._write(stay, self.k_pool.view(-1, dim)[slots], self.v_pool.view(-1, dim)[slots])
+
     def store(self, keys: torch.Tensor, values: torch.Tensor, keep: torch.Tensor) -> None:
-        """Copy the kept tokens (`keep`: bool [B, held heads, L]) of every served segment of `keys`/`values`
-        [B, held heads, L, D] into freshly allocated blocks, in order: what compression does with the policy's choice,
-        also usable to fill a layer with K/V chosen elsewhere (see synthetic.py)."""
+        """Store the kept prompt tokens (`keep`: bool [B, held heads, L]) of the dense keys/values [B, held heads, L, D]:
+        what compression does with the policy's choice, also usable to fill a layer with K/V chosen elsewhere
+        (see synthetic.py)."""
         keep = self.segments_of(keep.reshape(-1, keep.shape[-1]))
+        seg, pos = keep.nonzero(as_tuple=True)
+        grid = seg if self.segment_index is None else self.segment_index[seg]
+        b, h = grid // self.num_heads, grid % self.num_heads
+        self._write(keep, keys.detach()[b, h, pos], values.detach()[b, h, pos])  # the store never holds autograd history
+
+    def _write(self, keep: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Store each segment's kept tokens (`keep`: bool [segments, L]; `keys`/`values`: [kept tokens, D] in the
+        row-major order of `keep`) in freshly allocated blocks; a segment's tokens stay in order."""
         lengths = keep.sum(-1)
         self.stored_lens = lengths.cpu()
         self.steps = 0
         self._stored_total = int(self.stored_lens.sum())
         self._residues = torch.bincount(self.stored_lens % self.block_size, minlength=self.block_size).tolist()
-        self._append_backend = "triton" if choose_backend(keys.device) == "triton" else "reference"
+        self._append_backend = "triton" if choose_backend(self.device) == "triton" else "reference"
         blocks = (self.stored_lens + self.reserve + self.block_size - 1) // self.block_size
         first_block = torch.cumsum(blocks, 0) - blocks
         self.max_len = int(self.stored_lens.max()) if len(blocks) else 0
@@ -171,13 +204,10 @@ class FairKVLayer(CacheLayerMixin):
         self.k_pool = keys.new_empty(self.blocks_used, self.block_size, dim)
         self.v_pool = values.new_empty(self.blocks_used, self.block_size, dim)
         rank = torch.cumsum(keep, -1) - 1
-        seg, pos = keep.nonzero(as_tuple=True)
-        dest = first_block.to(keys.device)[seg] * self.block_size + rank[seg, pos]
-        grid = seg if self.segment_index is None else self.segment_index[seg]
-        b, h = grid // self.num_heads, grid % self.num_heads
-        self.k_pool.view(-1, dim)[dest] = keys.detach()[b, h, pos]  # the store never holds autograd history
-        self.v_pool.view(-1, dim)[dest] = values.detach()[b, h, pos]
-        self.block_table = block_table.to(device=keys.device, dtype=torch.int32)
+        dest = (first_block.to(keep.device)[:, None] * self.block_size + rank)[keep]
+        self.k_pool.view(-1, dim)[dest] = keys
+        self.v_pool.view(-1, dim)[dest] = values
+        self.block_table = block_table.to(device=keep.device, dtype=torch.int32)
         self.seq_lens = lengths.to(torch.int32)
 
     def _append(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -376,9 +406,11 @@ class FairKVCache(Cache):
     (`past_key_values=` before transformers 5.24; `fairkv_hf.compat.cache_kwarg` picks the keyword).
 
     Constructing it switches `model` to the "fairkv" attention implementation (restore another one with
-    `model.set_attn_implementation("sdpa")`). `policy` is a name ("full", "snapkv", "ada_snapkv", "pyramidkv")
-    or a Policy object (e.g. HeadBudgetPolicy, DuoAttentionPolicy); `budget` is the number of prompt tokens each KV
-    head keeps on average, observation window included (policies with their own per-head table take none).
+    `model.set_attn_implementation("sdpa")`). `policy` is a name ("full", "snapkv", "ada_snapkv", "pyramidkv",
+    "ada_pyramidkv", "cake", "ada_cake"; options by keyword, e.g. alpha=0.2) or a Policy object (e.g.
+    HeadBudgetPolicy, DuoAttentionPolicy, AdaPolicy(CakePolicy(gamma=100.0))); `budget` is the number of prompt
+    tokens each KV head keeps on average, observation window included (policies with their own per-head table take
+    none).
     After the first forward (the compressed prompt), a forward of several tokens appends them uncompressed to every
     head (a question after a context, a next chat turn); `copy()` answers several questions from one compressed
     context. Left padding only.
@@ -439,7 +471,10 @@ class FairKVCache(Cache):
                 "FairKVCache attends over whole segments. Set model.config.sliding_window = None to run full "
                 "attention, or keep prompts + new tokens within the window."
             )
-        return layer.update(key_states, value_states, *args, **kwargs)
+        step, _ = layer.update(key_states, value_states, *args, **kwargs)
+        if step.phase == "prefill":
+            step.earlier = tuple(self.layers[:layer_idx])
+        return step, step
 
     def static_steps_left(self) -> int:
         """Decode steps left in the capacity every layer reserved at prefill (0 without max_new_tokens)."""

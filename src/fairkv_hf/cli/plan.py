@@ -48,6 +48,8 @@ def _parser() -> ArgumentParser:
                                         "with per-input optimal plans instead of writing a plan")
     p.add_argument("--simulate", action="store_true", help="compare plans on every profile under --profiles-dir")
     p.add_argument("--profiles-dir", default="../shared/profiles", help="shared profiles folder for --simulate")
+    p.add_argument("--measured", default="bench/results/placement",
+                   help="--simulate also runs every profile fairkv-profile wrote in this folder (*_profile.json)")
     return p
 
 
@@ -73,6 +75,8 @@ def _check_paths(args: argparse.Namespace) -> None:
             raise UsageError(f"--{option} {path} does not exist")
     if args.simulate and not Path(args.profiles_dir).is_dir():
         raise UsageError(f"--profiles-dir {args.profiles_dir} is not a folder: give the shared profiles folder")
+    if args.simulate and not Path(args.measured).is_dir():
+        raise UsageError(f"--measured {args.measured} is not a folder: give the folder of fairkv-profile outputs")
     for option in ("out", "device_map"):
         path = getattr(args, option)
         if path and not args.simulate and not Path(path).parent.is_dir():
@@ -101,7 +105,8 @@ def _plan(args: argparse.Namespace, argv: list[str] | None) -> None:
     gpus = args.gpus
     if args.simulate:
         command = "fairkv-plan " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-        print(simulate(args.profiles_dir, gpus, args.batch, args.out or "bench/results/placement", command))
+        print(simulate(args.profiles_dir, gpus, args.batch, args.out or "bench/results/placement", command,
+                       args.measured))
         return
     if len(gpus) != 1:
         raise UsageError(f"--gpus takes one count without --simulate, got {','.join(map(str, gpus))}")

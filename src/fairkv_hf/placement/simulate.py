@@ -1,4 +1,5 @@
-"""The simulation report: standard TP vs best effort vs FairKV on every shared profile, as markdown + PNG.
+"""The simulation report: standard TP vs best effort vs FairKV on every shared profile and every profile measured with
+fairkv-profile (CAKE, Ada-CAKE, Ada-SnapKV on SmolLM2 in bench/results/placement), as markdown + PNG.
 
 Balance columns use the KV-balance objective (what the balance figure measures); the speedup, memory and
 optimality columns use the time objective of the cost model at the given batch. 16-64 GPUs stand for
@@ -10,6 +11,7 @@ FairKVCache statistics exist: it reports how far the offline plan is from the pe
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,12 +39,22 @@ def _noisy(profile: HeadLoadProfile, rng: np.random.Generator) -> HeadLoadProfil
     return HeadLoadProfile(**{**profile.__dict__, "tokens": tokens})
 
 
-def simulate(profiles_dir: str | Path, gpu_counts: list[int], batch: int, out_dir: str | Path, command: str) -> str:
-    """Run every comparison, write ``placement.md`` and ``placement.png`` under ``out_dir``; return the markdown."""
+def measured_profiles(folder: str | Path) -> list[HeadLoadProfile]:
+    """Every profile fairkv-profile wrote under `folder` (``*_profile.json``), named after its file, which says the
+    policy and budget (e.g. ``smollm2_cake256_profile.json``)."""
+    paths = sorted(Path(folder).glob("*_profile.json"))
+    return [replace(profile, model=f"{profile.model} measured: {path.name}")
+            for path, profile in zip(paths, map(HeadLoadProfile.load, paths))]
+
+
+def simulate(profiles_dir: str | Path, gpu_counts: list[int], batch: int, out_dir: str | Path, command: str,
+             measured_dir: str | Path | None = None) -> str:
+    """Run every comparison on the shared profiles and those measured under `measured_dir`, write ``placement.md``
+    and ``placement.png`` under ``out_dir``; return the markdown."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cost = CostModel()
-    profiles = shared_profiles(profiles_dir)
+    profiles = shared_profiles(profiles_dir) + (measured_profiles(measured_dir) if measured_dir is not None else [])
     md = [
         "# FairKV placement simulation",
         "",

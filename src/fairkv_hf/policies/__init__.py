@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
-from .ada_snapkv import AdaSnapKVPolicy
+from .ada import AdaOver, AdaPolicy
 from .base import Policy, ScoredPolicy
+from .cake import CakePolicy
 from .duoattention import DuoAttentionPolicy
 from .full import FullPolicy
 from .head_budgets import HeadBudgetPolicy
 from .pyramidkv import PyramidKVPolicy
 from .snapkv import SnapKVPolicy
 
-POLICIES: dict[str, type[Policy]] = {
-    cls.name: cls
-    for cls in (FullPolicy, SnapKVPolicy, AdaSnapKVPolicy, PyramidKVPolicy, HeadBudgetPolicy, DuoAttentionPolicy)
+POLICIES: dict[str, Callable[..., Policy]] = {
+    **{cls.name: cls for cls in (FullPolicy, SnapKVPolicy, PyramidKVPolicy, CakePolicy, HeadBudgetPolicy,
+                                 DuoAttentionPolicy)},
+    **{f"ada_{cls.name}": AdaOver(cls) for cls in (SnapKVPolicy, PyramidKVPolicy, CakePolicy)},
 }
+"""Policy names -> constructors taking the policy's options; every entry has `uses_budget`."""
 
 
 def get_policy(policy: str | Policy, **options: Any) -> Policy:
@@ -29,5 +32,5 @@ def get_policy(policy: str | Policy, **options: Any) -> Policy:
     return POLICIES[policy](**options)
 
 
-__all__ = ["POLICIES", "AdaSnapKVPolicy", "DuoAttentionPolicy", "FullPolicy", "HeadBudgetPolicy", "Policy",
+__all__ = ["POLICIES", "AdaPolicy", "CakePolicy", "DuoAttentionPolicy", "FullPolicy", "HeadBudgetPolicy", "Policy",
            "PyramidKVPolicy", "ScoredPolicy", "SnapKVPolicy", "get_policy"]

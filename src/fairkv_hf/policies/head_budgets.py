@@ -46,9 +46,8 @@ class HeadBudgetPolicy(SnapKVScoring, ScoredPolicy):
         return int(self.tokens[layer_idx].min())
 
     def allocate(
-        self, scores: torch.Tensor, base: int, layer_idx: int, heads: HeadSet
+        self, scores: torch.Tensor, base: torch.Tensor, layer_idx: int, heads: HeadSet
     ) -> torch.Tensor:
         """Each held head's own budget minus the window (base = the layer's smallest budget minus the window)."""
-        window = int(self.tokens[layer_idx].min()) - base
-        counts = torch.as_tensor(self.tokens[layer_idx, heads.ids] - window, dtype=torch.long, device=scores.device)
-        return counts.expand(scores.shape[0], -1)
+        above = self.tokens[layer_idx, heads.ids] - self.tokens[layer_idx].min()
+        return base[:, None] + torch.as_tensor(above, dtype=torch.long, device=scores.device)

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..heads import HeadSet
 from ..ranking import largest_remainder
 from .base import ScoredPolicy
 from .scores import SnapKVScoring
@@ -44,9 +43,3 @@ class PyramidKVPolicy(SnapKVScoring, ScoredPolicy):
         step = (2 * prefix - 2 * low) / (self.num_layers - 1)
         shares = torch.tensor([2 * prefix - low - l * step for l in range(self.num_layers)], dtype=torch.float64)
         return window + int(largest_remainder(shares.clamp(min=0), self.num_layers * prefix)[layer_idx])
-
-    def allocate(
-        self, scores: torch.Tensor, base: int, layer_idx: int, heads: HeadSet
-    ) -> torch.Tensor:
-        """Every head of the layer keeps `base` prefix tokens (base already follows the pyramid)."""
-        return torch.full(scores.shape[:2], base, dtype=torch.long, device=scores.device)

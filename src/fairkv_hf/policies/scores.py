@@ -8,6 +8,22 @@ import torch
 import torch.nn.functional as F
 
 
+def window_probabilities(
+    queries: torch.Tensor, keys: torch.Tensor, valid: torch.Tensor, scaling: float, window: int
+) -> torch.Tensor:
+    """Attention [B, H_kv, group, window, L] (float32) of the last `window` queries over all keys, causal inside the
+    window, padding masked (rows with no key left are zeros); a KV head's query group on its own axis."""
+    batch, kv_heads, length, dim = keys.shape
+    group = queries.shape[1] // kv_heads
+    q = queries[:, :, -window:].reshape(batch, kv_heads, group, window, dim).float()
+    logits = torch.einsum("bhgwd,bhld->bhgwl", q, keys.float()) * scaling
+    key_pos = torch.arange(length, device=keys.device)
+    query_pos = torch.arange(length - window, length, device=keys.device)
+    allowed = (key_pos[None, :] <= query_pos[:, None])[None] & valid[:, None, :]
+    logits = logits.masked_fill(~allowed[:, None, None], float("-inf"))
+    return torch.softmax(logits, dim=-1).nan_to_num_(0.0)
+
+
 def window_attention_scores(
     queries: torch.Tensor,
     keys: torch.Tensor,
@@ -19,17 +35,10 @@ def window_attention_scores(
 ) -> torch.Tensor:
     """Scores [B, H_kv, L - window]: softmax of the last `window` queries over all keys (causal inside the window,
     padding masked), averaged over the window, reduced over each KV head's query group, max-pooled along tokens."""
-    batch, kv_heads, length, dim = keys.shape
+    batch, kv_heads, length, _ = keys.shape
     if kv_heads == 0:  # a multi-GPU rank holding no head of this layer: nothing to score
         return keys.new_zeros(batch, 0, length - window, dtype=torch.float32)
-    group = queries.shape[1] // kv_heads
-    q = queries[:, :, -window:].reshape(batch, kv_heads, group, window, dim).float()
-    logits = torch.einsum("bhgwd,bhld->bhgwl", q, keys.float()) * scaling
-    key_pos = torch.arange(length, device=keys.device)
-    query_pos = torch.arange(length - window, length, device=keys.device)
-    allowed = (key_pos[None, :] <= query_pos[:, None])[None] & valid[:, None, :]
-    logits = logits.masked_fill(~allowed[:, None, None], float("-inf"))
-    probs = torch.softmax(logits, dim=-1).nan_to_num_(0.0).mean(dim=3)
+    probs = window_probabilities(queries, keys, valid, scaling, window).mean(dim=3)
     reduced = probs.amax(dim=2) if gqa_reduce == "max" else probs.mean(dim=2)
     prefix = reduced[..., : length - window]
     if pool_kernel > 1:
