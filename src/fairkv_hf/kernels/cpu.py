@@ -25,9 +25,9 @@ VIEW_STORED_FRACTION = 0.4
 @dataclass(frozen=True)
 class _Runs:
     """Each segment's leading run of consecutive pool blocks (as K^T [D, n] and V [n, D] views of the pools, n = the
-    run's capacity), and the block ids that follow each run (padded), for one version of a block table and its pools."""
+    run's capacity), and the block ids that follow each run (padded), for one content of a block table and its pools."""
 
-    version: int
+    table: torch.Tensor
     pools: tuple[torch.Tensor, torch.Tensor]
     capacities: list[int]
     keys_t: list[torch.Tensor]
@@ -37,7 +37,8 @@ class _Runs:
 
 # Block table -> its runs. A table changes only when a segment takes a new block (every block_size decode steps) or
 # grows (a new tensor), so the runs are found once per change instead of once per layer and step. An entry is valid
-# while the table's version counter (bumped by every in-place torch write) and the pool objects are unchanged; it
+# while the table holds what it held (compared to a copy: a version counter would do, but tensors made under
+# torch.inference_mode, as in generation loops, have none) and the pool objects are unchanged; it
 # goes away with the table, so it keeps no pool alive after its cache is freed.
 _RUNS: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
@@ -92,8 +93,8 @@ def paged_decode_cpu(
 def _leading_runs(k_pool: torch.Tensor, v_pool: torch.Tensor, block_table: torch.Tensor) -> _Runs:
     """The runs of `block_table` over these pools, found again only when the table or the pools changed (see _RUNS)."""
     cached = _RUNS.get(block_table)
-    if cached is not None and cached.version == block_table._version and cached.pools[0] is k_pool \
-            and cached.pools[1] is v_pool:
+    if cached is not None and cached.pools[0] is k_pool and cached.pools[1] is v_pool \
+            and torch.equal(cached.table, block_table):
         return cached
     block_size, dim = k_pool.shape[1], k_pool.shape[2]
     table = block_table.long()
@@ -103,7 +104,7 @@ def _leading_runs(k_pool: torch.Tensor, v_pool: torch.Tensor, block_table: torch
     starts, capacities = (table[:, 0] * block_size).tolist(), (lengths * block_size).tolist()
     keys, values = k_pool.view(-1, dim), v_pool.view(-1, dim)
     spans = [slice(start, start + n) for start, n in zip(starts, capacities)]
-    runs = _Runs(block_table._version, (k_pool, v_pool), capacities, [keys[span].T for span in spans],
+    runs = _Runs(block_table.clone(), (k_pool, v_pool), capacities, [keys[span].T for span in spans],
                  [values[span] for span in spans], block_table.gather(1, rest))
     _RUNS[block_table] = runs
     return runs
