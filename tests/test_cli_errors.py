@@ -38,7 +38,7 @@ def _inputs(root: Path) -> None:
 
 RUN = ["run", "--no-progress", "--out-dir", "{tmp}/out"]
 LONGBENCH_CASES = [
-    (RUN + ["--methods", "full,foo-128"], "--methods: Unknown method 'foo-128': use full, fairkv-full or <policy>-<budget>"),
+    (RUN + ["--methods", "full,foo-128"], "--methods: Unknown method 'foo-128': use full, fairkv-full, headkv-<budget>, duo-<budget> or <policy>-<budget>"),
     (RUN + ["--methods", "duoattention-128"], "Unknown method 'duoattention-128'"),
     (RUN + ["--methods", ""], "--methods '' selects no method"),
     (RUN + ["--methods", "full,full"], "names a method twice"),
