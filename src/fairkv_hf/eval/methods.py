@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from transformers import PreTrainedModel
@@ -51,10 +52,16 @@ class Method:
         return FairKVCache(model, policy=self.policy, window=self.window, **kwargs)
 
     def table_policy(self) -> Policy:
-        """The per-head policy of a ``headkv-<B>`` / ``duo-<B>`` method from its measured table (module docstring)."""
-        if self.policy == "headkv":
-            return HeadBudgetPolicy.from_profile(from_headkv(self.table, budget=self.budget))
-        return DuoAttentionPolicy.from_gates(self.table, DUO_RETRIEVAL_FRACTION, sink=DUO_SINK, recent=self.budget - DUO_SINK)
+        """The per-head policy of a ``headkv-<B>`` / ``duo-<B>`` method from its measured table (module docstring),
+        read once per method (every cache copies its policy)."""
+        return _table_policy(self.policy, self.table, self.budget)
+
+
+@lru_cache(maxsize=None)
+def _table_policy(kind: str, table: Path, budget: int) -> Policy:
+    if kind == "headkv":
+        return HeadBudgetPolicy.from_profile(from_headkv(table, budget=budget))
+    return DuoAttentionPolicy.from_gates(table, DUO_RETRIEVAL_FRACTION, sink=DUO_SINK, recent=budget - DUO_SINK)
 
 
 def budget_policies() -> list[str]:
