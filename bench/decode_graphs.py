@@ -2,16 +2,18 @@
 
 python bench/decode_graphs.py --contexts 8192 32768 --batches 1 8 --out DIR
 
-Llama-3.1-8B shape with random weights, bf16, ada_snapkv-1024. Per shape and method: median wall ms per decode step
-(a clock at every new token, steps after the capture), the bytes-read limit (weights + kept K/V read once, over
+Llama-3.1-8B shape with random weights, bf16, ada_snapkv-1024. Per shape and method: wall ms per decode step (the
+mean interval of a clock at every new token that does not wait for the GPU, as generate() itself waits once per
+step, over the steps after the capture), the bytes-read limit (weights + kept K/V read once, over
 the device-to-device copy bandwidth measured in this run), and whether the greedy tokens equal eager FairKV's.
 Methods: fairkv eager; fairkv reserved (max_new_tokens reserved, eager: the same kernels and grids as the graphs);
 fairkv graphs (reserved + enable_cuda_graphs); DynamicCache eager (sdpa); StaticCache + transformers' automatic
-compile (reduce-overhead; where the full static cache fits); fairkv graphs fused (graphs + fairkv_hf.fusion's
-compiled RMSNorm and SiLU gate: it patches the model, so fused methods run last). Token equality is checked against
+compile (reduce-overhead; where the full static cache fits); fairkv graphs fused (graphs + fairkv_hf.fusion: one GEMM
+for q/k/v and one for gate/up, compiled norms, rotary, SiLU gate and residual adds; it patches the model, so fused
+methods run last). Token equality is checked against
 fairkv reserved (bit-identical expected) and fairkv eager (its decode kernel may pick another split count: reduction
 order). With --profile-steps P, each method runs once more under torch.profiler over P decode steps (from the fifth):
-kernels per step and summed kernel ms per step (the GPU's busy time).
+kernels per step, summed kernel ms per step (the GPU's busy time), of it the matmuls', and the costliest kernels.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import fairkv_hf  # noqa: F401
 from fairkv_hf import FairKVCache
 from fairkv_hf.cli.generate import StepClock
 from fairkv_hf.compat import cache_kwarg
-from fairkv_hf.fusion import fuse_decode_ops, is_rms_norm, is_silu_mlp
+from fairkv_hf.fusion import fuse_decode_ops, unfuse_decode_ops
 from fairkv_hf.graphs import enable_cuda_graphs
 
 
@@ -50,12 +52,16 @@ def copy_bandwidth(device: torch.device) -> float:
     return 2 * src.numel() * src.element_size() / statistics.median(times)
 
 
+GEMM_NAMES = ("gemm", "gemv", "xmma", "cutlass", "nvjet", "splitk")  # cuBLAS / CUTLASS matmul kernels
+
+
 class ProfileSteps(LogitsProcessor):
     """Runs torch.profiler (CUDA kernels) over `count` decode steps starting after step `first`."""
 
-    def __init__(self, first: int, count: int):
+    def __init__(self, first: int, count: int, host: bool = False):
         self.first, self.count, self.calls = first, count, 0
-        self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+        activities = [torch.profiler.ProfilerActivity.CUDA] + [torch.profiler.ProfilerActivity.CPU] * host
+        self.prof = torch.profiler.profile(activities=activities)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.calls == self.first:
@@ -68,8 +74,16 @@ class ProfileSteps(LogitsProcessor):
 
     def figures(self) -> dict:
         kernels = [e for e in self.prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        by_name: dict[str, list[float]] = {}
+        for e in kernels:
+            by_name.setdefault(e.name, []).append(e.time_range.elapsed_us())
+        top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:12]
+        gemm = sum(sum(t) for name, t in by_name.items() if any(g in name.lower() for g in GEMM_NAMES))
         return {"kernels_per_step": len(kernels) / self.count,
-                "kernel_ms_per_step": sum(e.time_range.elapsed_us() for e in kernels) / self.count / 1e3}
+                "kernel_ms_per_step": sum(e.time_range.elapsed_us() for e in kernels) / self.count / 1e3,
+                "gemm_ms_per_step": gemm / self.count / 1e3,
+                "top_kernels": [{"name": name[:100], "per_step": len(t) / self.count,
+                                 "ms_per_step": sum(t) / self.count / 1e3} for name, t in top]}
 
 
 def cache_kwargs(model, method: str, new: int, args) -> dict:
@@ -83,17 +97,20 @@ def cache_kwargs(model, method: str, new: int, args) -> dict:
 
 def profiled(model, inputs: dict, new: int, method: str, args) -> dict:
     """Kernels and summed kernel time per decode step of the method (a separate generate, profiled)."""
-    hook = ProfileSteps(4, args.profile_steps)
+    hook = ProfileSteps(4, args.profile_steps, host=args.trace is not None)
     model.fairkv_graphs_off = not method.startswith("fairkv_graphs")
     model.generate(**inputs, max_new_tokens=new, min_new_tokens=new, do_sample=False,
                    logits_processor=LogitsProcessorList([hook]), **cache_kwargs(model, method, new, args))
+    if args.trace is not None:
+        args.trace.mkdir(parents=True, exist_ok=True)
+        hook.prof.export_chrome_trace(str(args.trace / f"{method}-{inputs['input_ids'].shape[1]}x{inputs['input_ids'].shape[0]}.json"))
     return hook.figures()
 
 
 def run(model, inputs: dict, new: int, method: str, args) -> dict:
     """One generate() with the method's cache; per-step wall times after the first two decode steps."""
     kwargs = cache_kwargs(model, method, new, args)
-    clock = StepClock(model.device)
+    clock = StepClock(model.device, sync=False)
     model.fairkv_graphs_off = not method.startswith("fairkv_graphs")
     torch.cuda.synchronize()
     start = time.perf_counter()
@@ -101,7 +118,8 @@ def run(model, inputs: dict, new: int, method: str, args) -> dict:
                          logits_processor=LogitsProcessorList([clock]), **kwargs)
     steps = [b - a for a, b in zip(clock.times[3:], clock.times[4:])]
     cache = kwargs.get("cache", kwargs.get("past_key_values"))
-    return {"ms_per_step": 1e3 * statistics.median(steps), "ms_min": 1e3 * min(steps), "ms_max": 1e3 * max(steps),
+    return {"ms_per_step": 1e3 * statistics.fmean(steps), "ms_median": 1e3 * statistics.median(steps),
+            "ms_min": 1e3 * min(steps), "ms_max": 1e3 * max(steps),
             "prefill_s": clock.times[0] - start, "total_s": time.perf_counter() - start,
             "tokens": out[:, inputs["input_ids"].shape[1]:].cpu(),
             "kv_bytes": cache.nbytes() if cache is not None else None,
@@ -126,6 +144,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--profile-steps", type=int, default=0, help="also profile this many decode steps per method")
+    parser.add_argument("--trace", type=Path, help="with --profile-steps: also record host activity and write "
+                        "chrome traces of the profiled steps here")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/results")))
     args = parser.parse_args()
     device = torch.device("cuda")
@@ -161,9 +181,7 @@ def main() -> None:
                     results[method] = {"error": "out of memory: the full cache does not fit"}
                 torch.cuda.empty_cache()
                 results[method]["captures"] = graphed.captures - captures
-            for module in model.modules():  # back to the stock modules for the next shape
-                if is_rms_norm(module) or is_silu_mlp(module):
-                    module.__dict__.pop("forward", None)
+            unfuse_decode_ops(model)  # back to the stock modules for the next shape
             eager = results.get("fairkv_eager", {}).get("tokens")
             reserved = results.get("fairkv_reserved", {}).get("tokens")
             for method, r in results.items():
@@ -187,17 +205,21 @@ def main() -> None:
                   for k, v in vars(args).items() if k != "out")}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "decode_graphs.json").write_text(json.dumps({**header, "rows": rows}, indent=1) + "\n")
-    lines = ["| context | batch | method | ms/step (min-max) | bytes limit ms | x limit | kernels/step | kernel ms/step | "
-             "first token difference vs eager / vs reserved |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| context | batch | method | ms/step mean (min-max) | bytes limit ms | x limit | kernels/step | kernel ms/step | "
+             "of it matmul ms | first token difference vs eager / vs reserved |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "ms_per_step" not in r:
-            lines.append(f"| {r['context']} | {r['batch']} | {r['method']} | {r.get('error')} | | | | | |")
+            lines.append(f"| {r['context']} | {r['batch']} | {r['method']} | {r.get('error')} | | | | | | |")
             continue
         lines.append(f"| {r['context']} | {r['batch']} | {r['method']} | {r['ms_per_step']:.2f} ({r['ms_min']:.2f}-"
                      f"{r['ms_max']:.2f}) | {r['bytes_limit_ms']:.2f} | {r['x_limit']:.2f} | {r.get('kernels_per_step', '-')} | "
-                     f"{r.get('kernel_ms_per_step', float('nan')):.2f} | "
+                     f"{r.get('kernel_ms_per_step', float('nan')):.2f} | {r.get('gemm_ms_per_step', float('nan')):.2f} | "
                      f"{r['first_difference_vs_eager']} / {r['first_difference_vs_reserved']} |")
     table = "\n".join(lines)
+    kernels = [f"### {r['context']} x {r['batch']}, {r['method']}\n\n| kernel | per step | ms/step |\n|---|---|---|\n"
+               + "\n".join(f"| `{k['name'][:70]}` | {k['per_step']:g} | {k['ms_per_step']:.3f} |" for k in r["top_kernels"])
+               for r in rows if r.get("top_kernels")]
+    (args.out / "decode_graphs_kernels.md").write_text("\n\n".join(kernels) + "\n")
     (args.out / "decode_graphs.md").write_text(f"{header['device']}, bandwidth {bandwidth / 1e12:.2f} TB/s\n\n{table}\n")
     print(table)
 

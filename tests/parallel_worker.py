@@ -55,12 +55,15 @@ def run_rank(rank: int, world_size: int, port: int, cases: list[dict], out_dir: 
     """Join the group, then run every case on this rank (every rank runs the same list in the same order)."""
     _join(rank, world_size, port, 120)
     from fairkv_hf import parallel
+    from fairkv_hf.fusion import fuse_decode_ops
     from tests.conftest import tiny_model
 
     try:
         for case in cases:
             model = tiny_model(case["family"], layers=2, seed=case.get("model_seed", 0))
             model = parallel.prepare(model, case["plan"], mlp=case.get("mlp", "split"))
+            if case.get("fuse"):
+                fuse_decode_ops(model, compile=False)
             result = generate(model, case, seed=case.get("seed", 0))
             Path(out_dir, f"{case['name']}.{rank}.json").write_text(json.dumps(result))
     finally:

@@ -4,7 +4,7 @@ Every family x policy x plan x batch size runs on 2 and on 3 processes against t
 tokens identical on every rank and equal to one process's, gathered kept lengths equal (CAKE, whose cascade re-trims
 earlier layers from budgets gathered over all heads, on one family each, plain and under Ada). Plans: the standard
 split, heads moved to other ranks (a rank holding no head of a layer included), and heads replicated on 2-3 ranks
-with equal and unequal batch shares (batch 1 leaves replicas with no rows).
+with equal and unequal batch shares (batch 1 leaves replicas with no rows); the fused decode step too.
 """
 
 from __future__ import annotations
@@ -85,6 +85,9 @@ def test_tokens_and_kept_lengths_match_one_process(world_size: int, tmp_path) ->
     cases += [  # MLP and lm_head kept whole on every rank; seeded sampling (every rank must draw the same tokens)
         {"name": f"{family}-replicate-mlp", "family": family, "policy": "ada_snapkv", "plan": PLANS[world_size]["replicated"],
          "lengths": LENGTHS[5], "mlp": "replicate"} for family in FAMILIES
+    ] + [  # the fused decode step (fusion.py, uncompiled): one q/k/v GEMM per rank's heads, fused layer glue
+        {"name": f"{family}-fused", "family": family, "policy": "ada_snapkv", "plan": PLANS[world_size]["replicated"],
+         "lengths": LENGTHS[5], "fuse": True} for family in FAMILIES
     ] + [
         {"name": f"{family}-sample-{seed}", "family": family, "policy": "ada_snapkv", "plan": PLANS[world_size]["replicated"],
          "lengths": LENGTHS[5], "sample": True, "seed": seed} for family in FAMILIES for seed in (0, 1)

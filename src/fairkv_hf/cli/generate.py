@@ -26,14 +26,17 @@ from fairkv_hf.policies import POLICIES
 
 
 class StepClock(LogitsProcessor):
-    """Records the time each new token's logits are ready (the first right after the prefill)."""
+    """Records the time each new token's logits are ready (the first right after the prefill). With sync=False it
+    records when generate() asks for them, without waiting for the GPU: generate() itself waits once per step, so
+    the steady-state intervals are the step period of an undisturbed generate() (the sync would add idle time)."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, sync: bool = True):
         self.device = device
+        self.sync = sync
         self.times: list[float] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.device.type == "cuda":
+        if self.sync and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.times.append(time.perf_counter())
         return scores

@@ -9,21 +9,22 @@ contribute zeros for it, so the sum is the layer's output (accumulation: see col
 
 from __future__ import annotations
 
-import sys
-
 import torch
 from torch import nn
 
 from ..attention import fairkv_attention_forward
 from ..cache import FairKVCache
-from ..fusion import compiled, rotary
+from ..fusion import qkv_states
 from .collectives import all_reduce_sum
 from .slicing import head_rows, slice_columns, slice_rows
 
 
 class HeadParallelAttention(nn.Module):
     """A stock Llama / Mistral / Qwen2 / Qwen3 attention restricted to `heads` (global KV head ids), same forward
-    signature; the o_proj bias, if any, is added by `keeps_bias` ranks only (rank 0)."""
+    signature; the o_proj bias, if any, is added by `keeps_bias` ranks only (rank 0). fusion.fuse_decode_ops fuses its
+    projections (it reads `fused_qkv` instead of patching the forward)."""
+
+    reads_fused_qkv = True
 
     def __init__(self, attn: nn.Module, heads: list[int], keeps_bias: bool):
         super().__init__()
@@ -43,11 +44,6 @@ class HeadParallelAttention(nn.Module):
         self.o_proj = slice_columns(attn.o_proj, q_rows, keeps_bias)
         self.q_norm = getattr(attn, "q_norm", None)
         self.k_norm = getattr(attn, "k_norm", None)
-        self.rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb
-
-    def fuse_rotary(self) -> None:
-        """Apply the rotary embedding as one compiled kernel (see fusion.py)."""
-        self.rotary = compiled(rotary)
 
     def forward(
         self,
@@ -65,13 +61,7 @@ class HeadParallelAttention(nn.Module):
                              "FairKVCache(model, ...) as the cache (policy='full' for exact attention) and keep "
                              f"use_cache=True; got {type(cache).__name__}")
         batch, length, _ = hidden_states.shape
-        q = self.q_proj(hidden_states).view(batch, length, self.kv_heads * self.group, self.head_dim)
-        k = self.k_proj(hidden_states).view(batch, length, self.kv_heads, self.head_dim)
-        v = self.v_proj(hidden_states).view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        cos, sin = position_embeddings
-        q, k = self.rotary(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+        q, k, v = qkv_states(self, hidden_states, position_embeddings)
         k, v = cache.update(k, v, self.layer_idx)
         out, _ = fairkv_attention_forward(self, q, k, v, attention_mask, scaling=self.scaling)
         out = self.o_proj(out.reshape(batch, length, self.kv_heads * self.group * self.head_dim))
