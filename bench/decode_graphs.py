@@ -202,7 +202,7 @@ def main() -> None:
               "budget": args.budget, "new_tokens": args.new_tokens, "layers": args.layers,
               "command": "python bench/decode_graphs.py " + " ".join(
                   f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                  for k, v in vars(args).items() if k != "out")}
+                  for k, v in vars(args).items() if k != "out" and v is not None)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "decode_graphs.json").write_text(json.dumps({**header, "rows": rows}, indent=1) + "\n")
     lines = ["| context | batch | method | ms/step mean (min-max) | bytes limit ms | x limit | kernels/step | kernel ms/step | "

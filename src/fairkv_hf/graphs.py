@@ -10,6 +10,11 @@ the reserved capacity the cache grows its storage outside any graph and the step
 slower). Under head-parallel execution every rank captures the same step, so the NCCL all-reduces inside the graph
 line up.
 
+The step is captured as a few graphs run back to back (`PIECE_LAYERS` decoder layers each, the first holding only
+the embedding and layer 0): launching a graph costs host time per kernel it holds (about 0.85 us on an H100 host,
+0.45 ms for an 8B model's whole step, bench/results/h100), and the GPU starts only once the launch returns. A small
+first piece starts the GPU early and the later launches overlap its work.
+
 Why not transformers' own compile path (`is_compileable` + `torch.compile(mode="reduce-overhead")`): the decode
 forward reads Python ints that change every step (the logical length behind `get_seq_length` / `get_mask_sizes`
 and the cache's step counter), and generate's 2D attention mask grows every step; each would make dynamo guard and
@@ -29,15 +34,16 @@ from transformers import PreTrainedModel
 from .cache import FairKVCache
 
 _STEP_INPUTS = ("input_ids", "position_ids", "cache_position")
+PIECE_LAYERS = 8
 
 
 @dataclass
 class _Captured:
-    """One cache's captured decode step: the graph, its input buffers, its output, and what it was recorded for
-    (batch size and the storage it reads: a new prefill or a grown pool needs a new capture)."""
+    """One cache's captured decode step: its graphs (replayed in order), input buffers, output, and what it was
+    recorded for (batch size and the storage it reads: a new prefill or a grown pool needs a new capture)."""
 
     key: tuple
-    graph: torch.cuda.CUDAGraph | None = None
+    graphs: list[torch.cuda.CUDAGraph] = field(default_factory=list)
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     output: Any = None
 
@@ -68,27 +74,51 @@ class GraphedDecode:
             cache._captured = _Captured(key)
             return self.eager(*args, **kwargs)
         step = {k: kwargs[k] for k in _STEP_INPUTS if isinstance(kwargs.get(k), torch.Tensor)}
-        if state.graph is None:
+        if not state.graphs:
             return self._capture(cache, state, step, others)
         if step.keys() != state.inputs.keys() or any(v.shape != state.inputs[k].shape for k, v in step.items()):
             return self.eager(*args, **kwargs)
-        for name, value in step.items():
-            state.inputs[name].copy_(value)
-        state.graph.replay()
+        torch._foreach_copy_([state.inputs[k] for k in step], list(step.values()))  # one launch for all inputs
+        for graph in state.graphs:
+            graph.replay()
         for layer in cache.layers:
             layer.advance_host_state()
         self.replays += 1
         return state.output
 
     def _capture(self, cache: FairKVCache, state: _Captured, step: dict, others: dict):
-        """Capture one decode step (its host bookkeeping runs once, here) and replay it for this step's result."""
+        """Capture one decode step in pieces (its host bookkeeping runs once, here) and replay them for this step's
+        result. The pieces share one memory pool: they run in capture order, so each finds its inputs in place."""
         state.inputs = {k: v.clone() for k, v in step.items()}
+        graphs = state.graphs
+
+        def next_piece(*_) -> None:
+            if graphs:
+                graphs[-1].capture_end()
+            graphs.append(torch.cuda.CUDAGraph())
+            graphs[-1].capture_begin(pool=graphs[0].pool() if len(graphs) > 1 else None)
+
+        layers = getattr(getattr(self.model, "model", None), "layers", [])
+        hooks = [layer.register_forward_pre_hook(next_piece) for layer in list(layers)[1::PIECE_LAYERS]]
         torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            state.output = self.eager(**state.inputs, **others, attention_mask=None)
-        graph.replay()
-        state.graph = graph
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        try:
+            with torch.cuda.stream(stream):
+                next_piece()
+                try:
+                    state.output = self.eager(**state.inputs, **others, attention_mask=None)
+                finally:
+                    graphs[-1].capture_end()
+        except BaseException:
+            graphs.clear()  # the next step captures again
+            raise
+        finally:
+            for hook in hooks:
+                hook.remove()
+        torch.cuda.current_stream().wait_stream(stream)
+        for graph in graphs:
+            graph.replay()
         self.captures += 1
         return state.output
 
