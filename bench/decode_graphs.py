@@ -14,6 +14,9 @@ methods run last). Token equality is checked against
 fairkv reserved (bit-identical expected) and fairkv eager (its decode kernel may pick another split count: reduction
 order). With --profile-steps P, each method runs once more under torch.profiler over P decode steps (from the fifth):
 kernels per step, summed kernel ms per step (the GPU's busy time), of it the matmuls', and the costliest kernels.
+One-time costs per method: prefill_s (to the first token: the prefill, and the fused pieces' compilation on a new
+shape), warmup_s (decode steps 1-3: warm-up, graph capture or transformers' compilation) and dynamo_graphs (graphs
+dynamo made during that generate(), and after decode step 3: 0, no step recompiles).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from torch._dynamo.utils import counters
 from transformers import AutoModelForCausalLM, LlamaConfig, LogitsProcessor, LogitsProcessorList
 
 import fairkv_hf  # noqa: F401
@@ -86,6 +90,18 @@ class ProfileSteps(LogitsProcessor):
                                  "ms_per_step": sum(t) / self.count / 1e3} for name, t in top]}
 
 
+class CountingClock(StepClock):
+    """A step clock that also records how many graphs dynamo has made at each step."""
+
+    def __init__(self, device: torch.device, sync: bool):
+        super().__init__(device, sync)
+        self.graphs: list[int] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.graphs.append(counters["stats"]["unique_graphs"])
+        return super().__call__(input_ids, scores)
+
+
 def cache_kwargs(model, method: str, new: int, args) -> dict:
     """generate() keywords that select the method's cache (and its attention)."""
     if method.startswith("fairkv"):
@@ -110,9 +126,10 @@ def profiled(model, inputs: dict, new: int, method: str, args) -> dict:
 def run(model, inputs: dict, new: int, method: str, args) -> dict:
     """One generate() with the method's cache; per-step wall times after the first two decode steps."""
     kwargs = cache_kwargs(model, method, new, args)
-    clock = StepClock(model.device, sync=False)
+    clock = CountingClock(model.device, sync=False)
     model.fairkv_graphs_off = not method.startswith("fairkv_graphs")
     torch.cuda.synchronize()
+    graphs_before = counters["stats"]["unique_graphs"]
     start = time.perf_counter()
     out = model.generate(**inputs, max_new_tokens=new, min_new_tokens=new, do_sample=False,
                          logits_processor=LogitsProcessorList([clock]), **kwargs)
@@ -121,6 +138,9 @@ def run(model, inputs: dict, new: int, method: str, args) -> dict:
     return {"ms_per_step": 1e3 * statistics.fmean(steps), "ms_median": 1e3 * statistics.median(steps),
             "ms_min": 1e3 * min(steps), "ms_max": 1e3 * max(steps),
             "prefill_s": clock.times[0] - start, "total_s": time.perf_counter() - start,
+            "warmup_s": clock.times[3] - clock.times[0],  # decode steps 1-3: eager warm-up, capture or compilation
+            "dynamo_graphs": clock.graphs[-1] - graphs_before,
+            "dynamo_graphs_after_step_3": clock.graphs[-1] - clock.graphs[3],  # recompilation while decoding
             "tokens": out[:, inputs["input_ids"].shape[1]:].cpu(),
             "kv_bytes": cache.nbytes() if cache is not None else None,
             "kept_tokens": int(cache.kept_lengths().sum()) if cache is not None else None}
@@ -206,15 +226,17 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "decode_graphs.json").write_text(json.dumps({**header, "rows": rows}, indent=1) + "\n")
     lines = ["| context | batch | method | ms/step mean (min-max) | bytes limit ms | x limit | kernels/step | kernel ms/step | "
-             "of it matmul ms | first token difference vs eager / vs reserved |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "of it matmul ms | first token difference vs eager / vs reserved | first token s | steps 1-3 s | "
+             "dynamo graphs (after step 3) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "ms_per_step" not in r:
-            lines.append(f"| {r['context']} | {r['batch']} | {r['method']} | {r.get('error')} | | | | | | |")
+            lines.append(f"| {r['context']} | {r['batch']} | {r['method']} | {r.get('error')} | | | | | | | | | |")
             continue
         lines.append(f"| {r['context']} | {r['batch']} | {r['method']} | {r['ms_per_step']:.2f} ({r['ms_min']:.2f}-"
                      f"{r['ms_max']:.2f}) | {r['bytes_limit_ms']:.2f} | {r['x_limit']:.2f} | {r.get('kernels_per_step', '-')} | "
                      f"{r.get('kernel_ms_per_step', float('nan')):.2f} | {r.get('gemm_ms_per_step', float('nan')):.2f} | "
-                     f"{r['first_difference_vs_eager']} / {r['first_difference_vs_reserved']} |")
+                     f"{r['first_difference_vs_eager']} / {r['first_difference_vs_reserved']} | {r['prefill_s']:.1f} | "
+                     f"{r['warmup_s']:.1f} | {r['dynamo_graphs']} ({r['dynamo_graphs_after_step_3']}) |")
     table = "\n".join(lines)
     kernels = [f"### {r['context']} x {r['batch']}, {r['method']}\n\n| kernel | per step | ms/step |\n|---|---|---|\n"
                + "\n".join(f"| `{k['name'][:70]}` | {k['per_step']:g} | {k['ms_per_step']:.3f} |" for k in r["top_kernels"])
