@@ -67,7 +67,7 @@ def test_two_processes_give_the_tokens_of_one(tiny_model_dir, tmp_path, name: st
     assert parallel["generated_ids"] == single["generated_ids"]
     assert len(parallel["generated_ids"]) == 2 and all(len(ids) == 5 for ids in parallel["generated_ids"])
     assert parallel["plan_kind"] == "standard" and parallel["plan_figures"]["balance"] >= 1.0
-    assert parallel["prefill_s"] > 0 and parallel["decode_tokens_per_s"] > 0
+    assert parallel["prefill_s"] > 0 and parallel["decode_tokens_per_s"] > 0 and parallel["steady_tokens_per_s"] > 0
 
 
 @pytest.mark.parametrize(("extra", "message"), [
@@ -75,6 +75,7 @@ def test_two_processes_give_the_tokens_of_one(tiny_model_dir, tmp_path, name: st
     (["--budget", "0"], "--budget must be a positive integer"),
     (["--prompt-file", "missing.jsonl"], "--prompt-file missing.jsonl does not exist"),
     (["--prompt", "hi", "--prompt-file", "x"], "give exactly one of --prompt or --prompt-file"),
+    (["--cuda-graphs", "--device", "cpu"], "--cuda-graphs replays decode steps on a GPU"),
 ])
 def test_user_errors_exit_2_in_one_line(tiny_model_dir, extra: list[str], message: str) -> None:
     args = ["--model", str(tiny_model_dir), *ARGS]

@@ -2,7 +2,9 @@
 
 One process: `fairkv-generate --prompt "..."`. Several (one per GPU, or CPU processes with gloo):
 `torchrun --nproc-per-node N $(which fairkv-generate) --plan {standard|best_effort|fairkv|PLAN.json} ...`, or the
-same under `accelerate launch`. Rank 0 prints the answers and writes --out.
+same under `accelerate launch`. Rank 0 prints the answers and writes --out. On GPUs, `--cuda-graphs` decodes at GPU
+speed: the fused decode step (fairkv_hf.fusion) replayed from CUDA graphs (fairkv_hf.graphs), with --max-new-tokens
+reserved at prefill.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from fairkv_hf import FairKVCache, load_model
 from fairkv_hf.compat import cache_kwarg
+from fairkv_hf.fusion import fuse_decode_ops
+from fairkv_hf.graphs import enable_cuda_graphs
 from fairkv_hf.models import DEFAULT_MODEL
 from fairkv_hf.parallel import PLAN_NAMES, prepare
 from fairkv_hf.parallel.collectives import launched_world_size
@@ -55,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--device", help="default: this rank's GPU when CUDA is available, else the CPU")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="GPU only: the fused decode step replayed from CUDA graphs (reserves --max-new-tokens)")
     parser.add_argument("--plan", default="standard",
                         help=f"head placement over the launched processes: one of {', '.join(PLAN_NAMES)}, a plan file "
                              "(fairkv-plan --out) or a head device map JSON; ignored on one process unless it is a file")
@@ -108,6 +114,9 @@ def _check(args: argparse.Namespace) -> None:
                          f"(fairkv-profile --policy {args.policy} --budget {args.budget} --out PROFILE.json)")
     if args.profile is not None and not args.profile.is_file():
         raise ValueError(f"--profile {args.profile} does not exist")
+    if args.cuda_graphs and (not torch.cuda.is_available() or (args.device or "cuda").split(":")[0] != "cuda"):
+        raise ValueError("--cuda-graphs replays decode steps on a GPU: run on a CUDA device (drop --cuda-graphs on "
+                         "the CPU)")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -132,8 +141,12 @@ def run(args: argparse.Namespace) -> dict:
         inputs = tokenizer.apply_chat_template(chats, add_generation_prompt=True, return_tensors="pt", return_dict=True,
                                                padding=True)
     inputs = inputs.to(model.device)
-    cache = FairKVCache(model, policy=args.policy, budget=args.budget, window=args.window)
-    clock = StepClock(model.device)
+    if args.cuda_graphs:
+        fuse_decode_ops(model)
+        enable_cuda_graphs(model)
+    cache = FairKVCache(model, policy=args.policy, budget=args.budget, window=args.window,
+                        max_new_tokens=args.max_new_tokens if args.cuda_graphs else None)
+    clock = StepClock(model.device, sync=not args.cuda_graphs)  # a per-step sync would idle the replayed steps
     start = time.perf_counter()
     out = model.generate(**inputs, **cache_kwarg(cache), max_new_tokens=args.max_new_tokens, do_sample=False,
                          logits_processor=LogitsProcessorList([clock]), pad_token_id=tokenizer.pad_token_id)
@@ -152,6 +165,8 @@ def run(args: argparse.Namespace) -> dict:
         "texts": tokenizer.batch_decode(new, skip_special_tokens=True),
         "prefill_s": clock.times[0] - start,
         "decode_tokens_per_s": len(prompts) * steps / (clock.times[-1] - clock.times[0]) if steps > 0 else None,
+        # without decode steps 1-3 (warm-up: kernel compilation, graph capture), when there are more
+        "steady_tokens_per_s": len(prompts) * (steps - 3) / (clock.times[-1] - clock.times[3]) if steps > 3 else None,
         "kept_per_head": {"mean": kept.mean().item(), "min": kept.min().item(), "max": kept.max().item()},
         "kv_bytes_this_rank": cache.nbytes(),
     }
@@ -170,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         for text in report["texts"]:
             print(text.strip())
         print(f"\n[{report['policy']} budget {report['budget']}, plan {report['plan_kind']} on {report['world_size']} "
-              f"process(es)] prefill {report['prefill_s']:.2f}s, decode {report['decode_tokens_per_s'] or 0:.1f} tokens/s; "
+              f"process(es)] prefill {report['prefill_s']:.2f}s, decode {report['decode_tokens_per_s'] or 0:.1f} tokens/s "
+              f"({report['steady_tokens_per_s'] or 0:.1f} after 3 warm-up steps); "
               f"kept per head: mean {report['kept_per_head']['mean']:.0f}, max {report['kept_per_head']['max']:.0f}")
         if args.out is not None:
             args.out.write_text(json.dumps(report, indent=1) + "\n")
