@@ -98,6 +98,16 @@ def test_the_fused_step_gives_the_stock_tokens(family: str) -> None:
     assert torch.equal(unfused[0], stock[0])
 
 
+def test_other_families_are_refused() -> None:
+    from transformers import AutoModelForCausalLM, GemmaConfig
+
+    gemma = AutoModelForCausalLM.from_config(GemmaConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
+                                                         num_hidden_layers=1, num_attention_heads=4,
+                                                         num_key_value_heads=2, head_dim=16))
+    with pytest.raises(ValueError, match="got 'gemma': run this model's stock modules"):
+        fuse_decode_ops(gemma, compile=False)
+
+
 def test_every_layer_piece_is_recognised(family: str) -> None:
     model = tiny_model(family, layers=2)
     assert sum(is_attention(m) for m in model.modules()) == 2

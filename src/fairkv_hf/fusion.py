@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cache import SUPPORTED_MODEL_TYPES, _text_config
+
 _compiled: dict[str, Callable] = {}
 _FUSED = "fairkv_fused"  # attribute of a patched module: whether its pieces run compiled
 
@@ -182,6 +184,10 @@ def fuse_decode_ops(model: nn.Module, compile: bool = True) -> int:
     patched. `compile=True` compiles the glue with Inductor (Triton kernels on CUDA, C++ on CPU, which needs a
     compiler); False runs the same structure eagerly. Idempotent; decode with a FairKVCache (other caches take the
     stock attention)."""
+    model_type = _text_config(model).model_type
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"fuse_decode_ops restructures the decoder layers of {SUPPORTED_MODEL_TYPES}, got "
+                         f"{model_type!r}: run this model's stock modules (skip fuse_decode_ops)")
     fused = 0
     for module in model.modules():
         if is_rms_norm(module):
