@@ -114,6 +114,24 @@ def test_every_layer_piece_is_recognised(family: str) -> None:
     assert sum(is_pre_norm_layer(m) for m in model.modules()) == 2
 
 
+def test_projections_that_are_not_plain_linear_layers_are_left_alone() -> None:
+    """A quantized Linear subclass packs its weight, so its rows cannot be concatenated: that module keeps its
+    stock forward, the rest of the layer is fused."""
+
+    class PackedLinear(torch.nn.Linear):
+        pass
+
+    model = tiny_model("llama", layers=1)
+    layer = model.model.layers[0]
+    packed = PackedLinear(64, 32, bias=False)
+    packed.weight = layer.self_attn.k_proj.weight
+    layer.self_attn.k_proj = packed
+    assert not is_attention(layer.self_attn) and is_silu_mlp(layer.mlp)
+    fuse_decode_ops(model, compile=False)
+    assert "fused_qkv" not in layer.self_attn.__dict__ and "forward" not in layer.self_attn.__dict__
+    assert "fused_gate_up" in layer.mlp.__dict__
+
+
 def test_compiled_decode_steps_add_no_graph(monkeypatch) -> None:
     """dynamo (its eager backend: the guards are the same as Inductor's) compiles each piece for the prefill and
     for decoding once; later steps, prompts and batch sizes reuse those graphs."""

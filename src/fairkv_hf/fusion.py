@@ -159,15 +159,21 @@ def is_rms_norm(module: nn.Module) -> bool:
     return type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon") and hasattr(module, "weight")
 
 
+def _plain_linears(module: nn.Module, *names: str) -> bool:
+    """The named children exist and are plain nn.Linear (a quantized subclass packs its weight: not concatenable)."""
+    return all(type(getattr(module, name, None)) is nn.Linear for name in names)
+
+
 def is_silu_mlp(module: nn.Module) -> bool:
-    """A stock gated MLP with SiLU (gate_proj, up_proj, down_proj)."""
+    """A stock gated MLP with SiLU (gate_proj, up_proj, down_proj) whose gate and up are plain Linear layers."""
     act = getattr(getattr(module, "config", None), "hidden_act", None)
-    return all(hasattr(module, p) for p in ("gate_proj", "up_proj", "down_proj")) and act == "silu"
+    return hasattr(module, "down_proj") and _plain_linears(module, "gate_proj", "up_proj") and act == "silu"
 
 
 def is_attention(module: nn.Module) -> bool:
-    """A stock attention of the supported families, or the head-parallel one (q/k/v/o projections, no sinks)."""
-    return (all(isinstance(getattr(module, p, None), nn.Linear) for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
+    """A stock attention of the supported families, or the head-parallel one (plain q/k/v Linear layers, an o_proj,
+    no sinks)."""
+    return (_plain_linears(module, "q_proj", "k_proj", "v_proj") and hasattr(module, "o_proj")
             and hasattr(module, "layer_idx") and hasattr(module, "scaling") and not hasattr(module, "sinks"))
 
 
