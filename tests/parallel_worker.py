@@ -65,6 +65,7 @@ def run_rank(rank: int, world_size: int, port: int, cases: list[dict], out_dir: 
             if case.get("fuse"):
                 fuse_decode_ops(model, compile=False)
             result = generate(model, case, seed=case.get("seed", 0))
+            result["fused_attentions"] = sum("fused_qkv" in m.__dict__ for m in model.modules())
             Path(out_dir, f"{case['name']}.{rank}.json").write_text(json.dumps(result))
     finally:
         dist.destroy_process_group()

@@ -97,6 +97,7 @@ def test_tokens_and_kept_lengths_match_one_process(world_size: int, tmp_path) ->
     for case in cases:
         got = [json.loads((tmp_path / f"{case['name']}.{rank}.json").read_text()) for rank in range(world_size)]
         assert all(g == got[0] for g in got), f"{case['name']}: the ranks disagree"
+        assert got[0]["fused_attentions"] == (2 if case.get("fuse") else 0), case["name"]
         if case.get("sample"):
             continue
         expected = _reference(case)
