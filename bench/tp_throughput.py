@@ -15,7 +15,8 @@ carried in .carry/profiles). A reduced-depth shape takes the table rows of evenl
 Weights are random (throughput does not depend on them) and the cache is filled with random K/V of the table's
 per-head lengths (fairkv_hf.synthetic: a 32K x 32-row prefill would take longer than the measurement); decoding is
 the library's real path: head-parallel attention, split MLP and lm_head, decode capacity reserved and every step
-replayed from a CUDA graph, RMSNorm / SiLU gate / rotary fused (fairkv_hf.fusion; --no-fuse keeps the stock ops).
+replayed from CUDA graphs, the decode step fused (fairkv_hf.fusion: one GEMM for each rank's q/k/v and one for
+gate/up, compiled norms, rotary and residual adds; --no-fuse keeps the stock ops).
 Per setup and rank: wall ms per step (median of rounds), summed kernel time, FairKV
 attention kernel time per layer and the communication kernels (torch.profiler over replayed steps).
 
